@@ -1,0 +1,207 @@
+"""Building blocks shared by the model families, with PyTorch semantics.
+
+The official GaNet and GGL-Net code is PyTorch. To be weight-compatible (and to
+train the same way), convolutions pad explicitly as torch does, batch norm keeps
+torch's running statistics, and bilinear resizing offers both of torch's
+`align_corners` conventions. Every model is NHWC.
+
+Module attribute names mirror the official torch module names, so that
+`irstd_jax.convert` maps a torch state dict onto a model by name alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _pair(v) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _torch_uniform_init(fan_in: int):
+  """torch's default conv / linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def Conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    bias: bool = True,
+    *,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+  """An `nnx.Conv` that behaves as `torch.nn.Conv2d` with the same arguments.
+
+  Padding is explicit and symmetric: XLA's 'SAME' pads asymmetrically at
+  stride 2, which would not match torch. The init follows torch's default.
+  """
+  kh, kw = _pair(kernel_size)
+  ph, pw = _pair(padding)
+  fan_in = in_channels // groups * kh * kw
+  return nnx.Conv(
+      in_channels,
+      out_channels,
+      (kh, kw),
+      strides=_pair(stride),
+      padding=((ph, ph), (pw, pw)),
+      kernel_dilation=_pair(dilation),
+      feature_group_count=groups,
+      use_bias=bias,
+      kernel_init=_torch_uniform_init(fan_in),
+      bias_init=_torch_uniform_init(fan_in),
+      rngs=rngs,
+  )
+
+
+def Linear(in_features: int, out_features: int, bias: bool = True, *,
+           rngs: nnx.Rngs) -> nnx.Linear:
+  """An `nnx.Linear` initialised as `torch.nn.Linear`."""
+  return nnx.Linear(
+      in_features,
+      out_features,
+      use_bias=bias,
+      kernel_init=_torch_uniform_init(in_features),
+      bias_init=_torch_uniform_init(in_features),
+      rngs=rngs,
+  )
+
+
+class BatchNorm2d(nnx.BatchNorm):
+  """Batch norm with `torch.nn.BatchNorm2d`'s running statistics.
+
+  Normalisation in train mode uses the biased batch variance (as torch and flax
+  both do), but the running variance is updated with the *unbiased* one, with
+  torch momentum 0.1. Without this, a model trained here would drift from one
+  trained with the official code once evaluated with running statistics.
+  Under `jax.jit` with a sharded batch the statistics are over the global batch.
+  """
+
+  def __init__(self, num_features: int, eps: float = 1e-5,
+               momentum: float = 0.1, *, rngs: nnx.Rngs):
+    super().__init__(num_features, momentum=1.0 - momentum, epsilon=eps,
+                     use_fast_variance=False, rngs=rngs)
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if use_running_average:
+      return super().__call__(x, use_running_average=True)
+    reduction_axes = tuple(range(x.ndim - 1))
+    n = math.prod(x.shape[a] for a in reduction_axes)
+    mean = jnp.mean(x, axis=reduction_axes)
+    var = jnp.mean(jnp.square(x - mean), axis=reduction_axes)
+    unbiased = var * (n / max(n - 1, 1))
+    m = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return y * self.scale[...] + self.bias[...]
+
+
+def max_pool(x: jax.Array, size: int = 2, stride: int | None = None) -> jax.Array:
+  """`nn.MaxPool2d(size, stride)` without padding on NHWC."""
+  stride = size if stride is None else stride
+  return nnx.max_pool(x, (size, size), strides=(stride, stride), padding='VALID')
+
+
+@functools.lru_cache(maxsize=256)
+def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """(out, in) linear-interpolation weights exactly as torch computes them."""
+  out = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    src = out * scale
+  else:
+    src = (out + 0.5) * (in_size / out_size) - 0.5
+    src = np.maximum(src, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = (src - lo).astype(np.float32)
+  w = np.zeros((out_size, in_size), np.float32)
+  w[np.arange(out_size), lo] += 1.0 - frac
+  w[np.arange(out_size), hi] += frac
+  return w
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int],
+                    align_corners: bool) -> jax.Array:
+  """Bilinear resize of NHWC `x` to `size` = (H, W) with torch's convention.
+
+  `nn.Upsample(mode='bilinear')` / `F.interpolate` default to
+  `align_corners=False`; `nn.UpsamplingBilinear2d` uses `align_corners=True`.
+  Written as two small matrix products, exact for both conventions and for
+  up- and down-sampling (torch does not antialias).
+  """
+  out_h, out_w = size
+  _, h, w, _ = x.shape
+  if (h, w) == (out_h, out_w):
+    return x
+  wh = jnp.asarray(_interp_matrix(h, out_h, align_corners), x.dtype)
+  ww = jnp.asarray(_interp_matrix(w, out_w, align_corners), x.dtype)
+  x = jnp.einsum('oh,bhwc->bowc', wh, x)
+  return jnp.einsum('pw,bowc->bopc', ww, x)
+
+
+def upsample_bilinear(x: jax.Array, scale: int, align_corners: bool) -> jax.Array:
+  """Bilinear upsampling of NHWC `x` by an integer `scale`."""
+  _, h, w, _ = x.shape
+  return resize_bilinear(x, (h * scale, w * scale), align_corners)
+
+
+def check_input(x, in_channels: int, multiple: int, model: str) -> None:
+  """Raises a ValueError that says how to fix an input the model cannot take."""
+  shape = getattr(x, 'shape', None)
+  if shape is None or len(shape) != 4:
+    raise ValueError(
+        f'{model} takes a batch of NHWC images (B, H, W, {in_channels}); got '
+        f'shape {shape}. Add the batch axis with x[None] and the channel axis '
+        'with x[..., None].')
+  _, h, w, c = shape
+  if c != in_channels:
+    hint = (' Channels come last (NHWC): transpose a torch-style NCHW batch '
+            'with x.transpose(0, 2, 3, 1).' if h == in_channels else '')
+    raise ValueError(
+        f'{model} was built for {in_channels} input channel(s), got {c} '
+        f'(shape {tuple(shape)}).{hint}')
+  if h % multiple or w % multiple:
+    raise ValueError(
+        f'{model} needs height and width divisible by {multiple}, got {h}x{w}. '
+        'Pad with irstd_jax.models.apply_padded(model, x), which pads to the '
+        'next multiple and crops the output back.')
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
+  """Zero-pads NHWC `x` at the bottom / right to the next multiple of `multiple`."""
+  _, h, w, _ = x.shape
+  ph, pw = -h % multiple, -w % multiple
+  if ph or pw:
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+  return x, (h, w)
+
+
+def apply_padded(model, x: jax.Array, multiple: int = 32) -> jax.Array:
+  """Runs `model` on `x` of any size: pads to `multiple`, crops the output back.
+
+  For inference at native resolution, where images are not a multiple of the
+  network's total stride (16 for both models; 32 keeps a margin and is what
+  the evaluation pipeline uses).
+  """
+  padded, (h, w) = pad_to_multiple(x, multiple)
+  return model(padded)[:, :h, :w]
