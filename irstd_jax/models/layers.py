@@ -46,11 +46,15 @@ def Conv2d(
     bias: bool = True,
     *,
     rngs: nnx.Rngs,
+    kernel_init=None,
+    bias_init=None,
 ) -> nnx.Conv:
   """An `nnx.Conv` that behaves as `torch.nn.Conv2d` with the same arguments.
 
   Padding is explicit and symmetric: XLA's 'SAME' pads asymmetrically at
-  stride 2, which would not match torch. The init follows torch's default.
+  stride 2, which would not match torch. The init follows torch's default
+  unless `kernel_init` / `bias_init` (flax initializers) are given, for models
+  whose official code re-initialises (e.g. kaiming normal).
   """
   kh, kw = _pair(kernel_size)
   ph, pw = _pair(padding)
@@ -64,8 +68,8 @@ def Conv2d(
       kernel_dilation=_pair(dilation),
       feature_group_count=groups,
       use_bias=bias,
-      kernel_init=_torch_uniform_init(fan_in),
-      bias_init=_torch_uniform_init(fan_in),
+      kernel_init=kernel_init or _torch_uniform_init(fan_in),
+      bias_init=bias_init or _torch_uniform_init(fan_in),
       rngs=rngs,
   )
 
