@@ -24,6 +24,7 @@ import os
 import re
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -66,7 +67,7 @@ def _torch_layout(model: nnx.Module) -> dict[str, tuple[tuple, _Converter, _Conv
   """Maps each torch parameter name to (our state path, to_torch, from_torch)."""
   modules = {tuple(path): node for path, node in nnx.iter_graph(model)
              if isinstance(node, nnx.Module)}
-  state = nnx.state(model, nnx.Param, nnx.BatchStat)
+  state = nnx.state(model, (nnx.Param, nnx.BatchStat))
   layout = {}
   for path, _ in nnx.to_flat_state(state):
     parent, leaf = tuple(path[:-1]), path[-1]
@@ -116,7 +117,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any] | str | os.
     state_dict = _load_pth(state_dict)
   unused_patterns = [re.compile(p) for p in getattr(model, 'TORCH_UNUSED', ())]
   layout = _torch_layout(model)
-  state = nnx.state(model, nnx.Param, nnx.BatchStat)
+  state = nnx.state(model, (nnx.Param, nnx.BatchStat))
   flat = dict(nnx.to_flat_state(state))
 
   skipped, unknown = [], []
@@ -132,12 +133,13 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any] | str | os.
     path, _, from_torch = layout[name]
     array = from_torch(np.asarray(_to_numpy(value), dtype=np.float32))
     variable = flat[path]
-    if array.shape != variable[...].shape:
+    expected = variable.get_value().shape  # also for an abstract model
+    if array.shape != expected:
       raise ValueError(
           f'{name}: the state dict has shape {np.shape(value)} (torch layout), '
-          f'the model expects {variable[...].shape} ({path}). Build the model '
+          f'the model expects {expected} ({path}). Build the model '
           'with the options the weights were trained with.')
-    variable[...] = jnp.asarray(array)
+    variable.set_value(jnp.asarray(array))
   if unknown:
     raise ValueError(
         f'{len(unknown)} parameters of the state dict have no place in '
@@ -162,9 +164,21 @@ def _to_numpy(value) -> np.ndarray:
 
 def from_torch(name: str, state_dict: Mapping[str, Any] | str | os.PathLike,
                *, rngs: nnx.Rngs | None = None, **options) -> nnx.Module:
-  """Builds model `name` with `options` and loads official torch weights into it."""
-  model = models.build(name, rngs=rngs, **options)
-  load_state_dict(model, state_dict)
+  """Builds model `name` with `options` and loads official torch weights into it.
+
+  The model is built abstractly (`nnx.eval_shape`): a random initialisation
+  would be overwritten, and on the CPU it costs an XLA compilation per
+  parameter shape (tens of seconds for GaNet). The strict load then gives
+  every parameter and statistic a value.
+  """
+  model = nnx.eval_shape(lambda r: models.build(name, rngs=r, **options),
+                         rngs if rngs is not None else nnx.Rngs(0))
+  load_state_dict(model, state_dict, strict=True)
+  abstract = [path for path, v in nnx.to_flat_state(nnx.state(model))
+              if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+  if abstract:
+    raise ValueError(f'{name}: no value for {abstract[:10]} after loading; '
+                     'the converter does not know these variables.')
   return model
 
 
@@ -174,6 +188,6 @@ def to_torch(model: nnx.Module) -> dict[str, np.ndarray]:
   Parameters the official module has but never uses are not included; load it
   with `strict=False` into the official module.
   """
-  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param, nnx.BatchStat)))
+  flat = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
   return {name: to_t(np.asarray(flat[path][...], np.float32))
           for name, (path, to_t, _) in _torch_layout(model).items()}
