@@ -1,0 +1,243 @@
+"""GGL-Net against the official PyTorch code (../shared/fixtures/parity_gglnet.npz).
+
+The fixture holds random official weights, the official eval- and train-mode
+outputs, the SoftIoU loss (per-sample ratio, as GGL-Net's code), a few
+gradients and the running statistics after one train-mode pass, each with its
+own tolerance. One compilation per mode: the models are module-scoped.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_fixture
+from flax import nnx
+
+from irstd_jax import convert
+from irstd_jax import losses
+from irstd_jax import models
+from irstd_jax.models import gglnet
+
+# Official parameter count of GGLNet() (the paper's model); all are used.
+OFFICIAL_PARAMS = 8_988_093
+
+
+def _nhwc(a):
+  return jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
+
+
+def _nchw(a):
+  return np.transpose(np.asarray(a), (0, 3, 1, 2))
+
+
+def _torch_path(name: str) -> tuple:
+  """Our state path of an official conv / linear parameter name."""
+  *parents, leaf = name.split('.')
+  parents = tuple(int(p) if p.isdigit() else p for p in parents)
+  return (*parents, {'weight': 'kernel', 'bias': 'bias'}[leaf])
+
+
+def _conv_grad_to_torch(g):
+  g = np.asarray(g)
+  return np.transpose(g, (3, 2, 0, 1)) if g.ndim == 4 else g
+
+
+@pytest.fixture(scope='module')
+def fixture(shared_dir):
+  return load_fixture(shared_dir, 'parity_gglnet.npz')
+
+
+@pytest.fixture(scope='module')
+def state_dict(fixture):
+  prefix = 'state_dict/'
+  return {k[len(prefix):]: fixture[k].astype(np.float32)
+          for k in fixture if k.startswith(prefix)}
+
+
+@pytest.fixture(scope='module')
+def model(state_dict):
+  return convert.from_torch('gglnet', state_dict)
+
+
+@pytest.fixture(scope='module')
+def train_result(model, fixture):
+  """One train-mode pass on a copy: loss, logits, requested grads, new stats."""
+  train_model = nnx.clone(model)
+  train_model.train()
+  names = [k[len('grad/'):] for k in fixture if k.startswith('grad/')]
+  wanted = {_torch_path(n) for n in names}
+  # Differentiate only the parameters the fixture stores: the same values as a
+  # full gradient, with a much smaller backward pass to compile.
+  wrt = nnx.All(nnx.Param, lambda path, _: tuple(path) in wanted)
+
+  @nnx.jit
+  def step(m, x, target):
+    def loss_fn(m):
+      logits = m(x)
+      return losses.soft_iou_loss(logits, target, reduction='sample'), logits
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
+                                 has_aux=True)
+    (loss, logits), grads = grad_fn(m)
+    return loss, logits, grads
+
+  loss, logits, grads = step(train_model, _nhwc(fixture['train_input']),
+                             _nhwc(fixture['train_target']))
+  flat = dict(nnx.to_flat_state(grads))
+  assert set(flat) == wanted, 'gradient filter missed a parameter'
+  grads = {n: _conv_grad_to_torch(flat[_torch_path(n)][...]) for n in names}
+  return loss, logits, grads, convert.to_torch(train_model)
+
+
+def test_parameter_count(model):
+  assert models.count_params(model) == OFFICIAL_PARAMS
+  assert gglnet.GGLNet.TORCH_UNUSED == ()
+
+
+def test_eval_output(model, fixture):
+  model.eval()
+  logits = nnx.jit(lambda m, x: m(x))(model, _nhwc(fixture['eval_input']))
+  assert logits.shape == (2, 64, 64, 1)
+  diff = np.abs(_nchw(jax.nn.sigmoid(logits)) - fixture['eval_output']).max()
+  assert diff <= fixture['tol/eval_output'], diff
+
+
+def test_train_output_and_loss(train_result, fixture):
+  loss, logits, _, _ = train_result
+  diff = np.abs(_nchw(jax.nn.sigmoid(logits)) - fixture['train_output']).max()
+  assert diff <= fixture['tol/train_output'], diff
+  assert abs(float(loss) - float(fixture['train_loss'])) <= fixture['tol/train_loss']
+
+
+def test_gradients(train_result, fixture):
+  _, _, grads, _ = train_result
+  assert grads
+  for name, grad in grads.items():
+    ref = fixture[f'grad/{name}']
+    assert grad.shape == ref.shape, name
+    ratio = np.abs(grad - ref).max() / np.abs(ref).max()
+    assert ratio <= fixture[f'tol/grad/{name}'], (name, ratio)
+
+
+def test_running_statistics_after_train(train_result, fixture, state_dict):
+  _, _, _, after = train_result
+  keys = [k for k in fixture if k.startswith('after_train/')]
+  assert len(keys) == sum(k.endswith(('running_mean', 'running_var'))
+                          for k in state_dict)
+  worst = 0.0
+  for key in keys:
+    name = key[len('after_train/'):]
+    ref = fixture[key]
+    # The pass must have moved the statistics away from the loaded ones.
+    assert not np.array_equal(ref, state_dict[name]), name
+    worst = max(worst, np.abs(after[name] - ref).max() / np.abs(ref).max())
+  assert worst <= fixture['tol/after_train'], worst
+
+
+def test_converter_round_trip(model, state_dict):
+  exported = convert.to_torch(model)
+  assert set(exported) == set(state_dict)
+  for name, value in state_dict.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  again = convert.to_torch(convert.from_torch('gglnet', exported))
+  for name, value in exported.items():
+    np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((64, 64, 3), 'NHWC'),
+    ((1, 64, 64, 1), 'input channel'),
+    ((1, 3, 64, 64), 'transpose'),
+    ((1, 64, 40, 3), 'divisible by 16'),
+])
+def test_bad_input(model, shape, message):
+  with pytest.raises(ValueError, match=message):
+    model(jnp.zeros(shape))
+
+
+def test_gradient_magnitude():
+  """Central differences with a zero border, computed pixel by pixel."""
+  x = np.random.default_rng(0).random((1, 5, 7, 2), np.float32)
+  expected = np.zeros_like(x)
+  pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  for i in range(5):
+    for j in range(7):
+      dx = (pad[:, i + 1, j + 2] - pad[:, i + 1, j]) / 2
+      dy = (pad[:, i, j + 1] - pad[:, i + 2, j + 1]) / 2
+      expected[:, i, j] = np.sqrt(dx**2 + dy**2)
+  np.testing.assert_allclose(gglnet.gradient_magnitude(jnp.asarray(x)),
+                             expected, rtol=1e-6, atol=1e-7)
+
+
+def _random_weights(model, seed=0):
+  """Gives an abstract model (nnx.eval_shape) random values on the host.
+
+  A real initialisation compiles one random-number kernel per parameter
+  shape (tens of seconds on the CPU); ablation tests only need values.
+  """
+  rng = np.random.default_rng(seed)
+  for path, variable in nnx.to_flat_state(nnx.state(model)):
+    shape = variable.get_value().shape
+    if path[-1] == 'var':
+      value = 1.0 + rng.random(shape)
+    else:
+      value = 0.1 * rng.standard_normal(shape)
+    variable.set_value(jnp.asarray(value, jnp.float32))
+  return model
+
+
+# Three variants covering every ablation option of the paper.
+ABLATIONS = {
+    'gradient_main_image_branch_add_cam': dict(
+        main_input='gradient', supplementary='image', gsm='add', fusion='cam',
+        ca_ratio=4),
+    'no_branch_sam': dict(supplementary='none', fusion='sam'),
+    'gblock_in_branch_add': dict(gsm='gblock_in_branch', fusion='add'),
+}
+
+
+@pytest.fixture(scope='module', params=list(ABLATIONS))
+def ablation(request):
+  options = ABLATIONS[request.param]
+  model = nnx.eval_shape(lambda: models.build('gglnet', **options))
+  return options, _random_weights(model)
+
+
+def test_ablation_runs(ablation):
+  options, model = ablation
+  model.eval()
+  x = jnp.asarray(np.random.default_rng(1).random((1, 16, 32, 3), np.float32))
+  logits = nnx.jit(lambda m, x: m(x))(model, x)
+  assert logits.shape == (1, 16, 32, 1)
+  assert np.isfinite(np.asarray(logits)).all()
+
+  names = set(convert.to_torch(model))
+  has = lambda part: any(part in n for n in names)
+  assert models.count_params(model) != OFFICIAL_PARAMS
+  if options.get('supplementary') == 'none':
+    assert not has('stage.Res')
+  if options.get('gsm') == 'add':
+    assert has('stage.Res3.layer1.') and not has('stage.Res3.layer2.')
+  if options.get('gsm') == 'gblock_in_branch':
+    # G_Block 2 encodes the pooled output of G_Block 1 (16 channels).
+    assert convert.to_torch(model)['stage.Res2.branch_block.0.weight'].shape == (
+        32, 16, 3, 3)
+    assert not has('stage.Res2.layer1.')
+  fusion = options.get('fusion', 'tgfm')
+  assert has('sbam1.hl_layer_2.') == (fusion in ('tgfm', 'cam'))
+  assert has('sbam1.ll_layer.') == (fusion in ('tgfm', 'sam'))
+  if 'ca_ratio' in options:
+    hidden = 16 // options['ca_ratio']
+    assert convert.to_torch(model)['sbam1.hl_layer_2.se.0.weight'].shape == (
+        hidden, 16, 1, 1)
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(main_input='edges'), 'main_input'),
+    (dict(supplementary='both'), 'supplementary'),
+    (dict(gsm='concat'), 'gsm'),
+    (dict(fusion='mul'), 'fusion'),
+    (dict(ca_ratio=32), 'ca_ratio'),
+])
+def test_bad_options(options, message):
+  with pytest.raises(ValueError, match=message):
+    gglnet.GGLNet(**options, rngs=nnx.Rngs(0))
