@@ -1,0 +1,181 @@
+"""`load`: one line from a dataset name to examples, building on first use."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from irstd_jax.datasets import base
+
+DATA_DIR_ENV = 'IRSTD_DATA_DIR'
+
+
+def default_data_dir() -> str:
+  """$IRSTD_DATA_DIR, else TFDS's default ($TFDS_DATA_DIR or
+  ~/tensorflow_datasets)."""
+  return os.environ.get(DATA_DIR_ENV) or os.path.expanduser(
+      tfds.core.constants.DATA_DIR)
+
+
+def _registry() -> dict[str, type[base.IrstdBuilder]]:
+  # Imported here so that the builder modules register themselves with TFDS
+  # once the package is imported (see __init__).
+  from irstd_jax.datasets import irstd_1k, irstd_folder, irstd_synthetic  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from irstd_jax.datasets import nudt_sirst, sirst_v1, sirst_v2  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return {cls.name: cls for cls in (
+      sirst_v1.SirstV1, nudt_sirst.NudtSirst, irstd_1k.Irstd1k,
+      sirst_v2.SirstV2, irstd_folder.IrstdFolder,
+      irstd_synthetic.IrstdSynthetic)}
+
+
+def names() -> list[str]:
+  return list(_registry())
+
+
+def builder(name: str, *, source_dir: str | os.PathLike | None = None,
+            data_dir: str | os.PathLike | None = None,
+            **config: Any) -> base.IrstdBuilder:
+  """The TFDS builder of an IRSTD dataset (not prepared yet).
+
+  Args:
+    name: one of `names()`.
+    source_dir: folder with the raw dataset (the TFDS manual dir).
+    data_dir: where the TFDS files go (default: `default_data_dir()`).
+    **config: `config='name'` picks a named config; other keys are options of
+      configurable builders (irstd_synthetic sizes / counts / seed,
+      irstd_folder mask_suffix / high_bit_depth, nudt_sirst split_dir).
+  """
+  registry = _registry()
+  if name not in registry:
+    raise ValueError(f'Unknown dataset {name!r}; known: {sorted(registry)}.')
+  cls = registry[name]
+  config_name = config.pop('config', None)
+  builder_config = cls.make_config(config_name, source_dir=source_dir,
+                                   **config)
+  return cls(config=builder_config,
+             data_dir=str(data_dir or default_data_dir()),
+             source_dir=source_dir, file_format='array_record')
+
+
+def prepare(name: str, *, source_dir=None, data_dir=None, **config
+            ) -> base.IrstdBuilder:
+  """Builds the dataset's TFDS files unless they exist; returns the builder."""
+  dataset = builder(name, source_dir=source_dir, data_dir=data_dir, **config)
+  if not dataset.is_prepared():
+    manual = str(pathlib.Path(source_dir).expanduser()) if source_dir else None
+    dataset.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  return dataset
+
+
+class Source(Sequence):
+  """Random access to one split: `len`, `[i]`, iteration, of example dicts.
+
+  Each example: `image` uint8 (H, W, 1), `mask` uint8 (H, W, 1) in {0, 1},
+  `id` str, `num_targets` int (8-connected components of the mask) and
+  `boxes` int32 (num_targets, 4) as (ymin, xmin, ymax, xmax), max exclusive.
+
+  Attributes:
+    name: the dataset name (e.g. 'sirst_v1'), which the input pipeline uses to
+      pick per-dataset defaults.
+    config: the builder config name.
+    split: the split.
+    mean_std: (mean, std) of the grey levels over the whole dataset (mean of
+      per-image means and stds, every image once), computed when building.
+  """
+
+  def __init__(self, data_source, *, name: str, config: str | None,
+               split: str, metadata):
+    self._data = data_source
+    self.name = name
+    self.config = config
+    self.split = split
+    stats = (metadata or {}).get('mean_std')
+    self.mean_std = tuple(stats) if stats else None
+    self.resized_masks = list((metadata or {}).get('resized_masks', []))
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  @staticmethod
+  def _clean(example: dict) -> dict:
+    example = dict(example)
+    if isinstance(example['id'], bytes):
+      example['id'] = example['id'].decode('utf-8')
+    example['num_targets'] = int(example['num_targets'])
+    return example
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.__getitems__(range(*index.indices(len(self))))
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f'{self.name}/{self.split}: index {index} out of range '
+                       f'(length {len(self)}).')
+    return self._clean(self._data[index])
+
+  def __getitems__(self, indices) -> list[dict]:
+    indices = [int(i) for i in indices]
+    return [self._clean(e) for e in self._data.__getitems__(indices)]
+
+  def __iter__(self) -> Iterator[dict]:
+    chunk = 64
+    for start in range(0, len(self), chunk):
+      yield from self.__getitems__(range(start, min(start + chunk, len(self))))
+
+  def __repr__(self) -> str:
+    return (f'Source({self.name}/{self.config}, split={self.split!r}, '
+            f'len={len(self)})')
+
+
+def load(name: str, split: str, *, source_dir=None, data_dir=None,
+         **config) -> Source:
+  """Loads one split of an IRSTD dataset, building it on first use.
+
+  Args:
+    name: 'sirst_v1', 'nudt_sirst', 'irstd_1k', 'sirst_v2', 'irstd_folder' or
+      'irstd_synthetic'.
+    split: a split of the source ('train', 'test', ...), or any TFDS split
+      expression over them ('trainval+test', 'train[:10]').
+    source_dir: folder with the raw dataset; needed the first time for the
+      manual-download datasets (see datasets/README.md) and always for
+      irstd_folder. Not needed once built, except for irstd_folder.
+    data_dir: where the built TFDS files live; default `$IRSTD_DATA_DIR` or
+      TFDS's default (~/tensorflow_datasets).
+    **config: `config='basicirstd'` etc., or builder options (see `builder`).
+
+  Returns:
+    A `Source` (random access, numpy examples, no TensorFlow).
+  """
+  dataset = prepare(name, source_dir=source_dir, data_dir=data_dir, **config)
+  available = list(dataset.info.splits)
+  base_splits = {part.split('[')[0].strip()
+                 for part in str(split).split('+')}
+  unknown = sorted(s for s in base_splits if s not in available)
+  if unknown:
+    raise ValueError(
+        f'{name}/{dataset.builder_config.name if dataset.builder_config else ""}'
+        f' has no split {unknown}; its splits: {available}.')
+  return Source(dataset.as_data_source(split), name=name,
+                config=dataset.builder_config.name
+                if dataset.builder_config else None,
+                split=str(split), metadata=dataset.info.metadata)
+
+
+def as_arrays(source: Sequence[dict]) -> dict[str, list]:
+  """Decodes a whole split into lists of (H, W) arrays and ids."""
+  images, masks, ids = [], [], []
+  examples = iter(source)
+  for example in examples:
+    images.append(np.asarray(example['image'])[..., 0])
+    masks.append(np.asarray(example['mask'])[..., 0])
+    example_id = example.get('id', str(len(ids)))
+    ids.append(example_id.decode() if isinstance(example_id, bytes)
+               else str(example_id))
+  return {'image': images, 'mask': masks, 'id': ids}
