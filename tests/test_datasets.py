@@ -455,3 +455,67 @@ def test_no_tensorflow_imported(tmp_path, sirst):
   assert result.returncode == 0, result.stderr[-3000:]
   modules = json.loads(result.stdout.strip().splitlines()[-1])
   assert modules == {'after_import': [], 'after_all': []}
+
+
+# -- SIRST-v1 download path (a local HTTP server stands in for GitHub) ----------
+
+
+@pytest.fixture
+def http_root(tmp_path):
+  import functools  # pylint: disable=g-import-not-at-top
+  import http.server  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  served = tmp_path / 'served'
+  served.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                              directory=str(served))
+  handler.log_message = lambda *args: None
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield served, f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()
+  server.server_close()
+
+
+def test_sirst_v1_download_and_unpack(tmp_path, http_root, monkeypatch):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  from irstd_jax.datasets import sirst_v1  # pylint: disable=g-import-not-at-top
+  served, url = http_root
+  rng = np.random.default_rng(6)
+  names = [f'Misc_{i}' for i in range(1, 7)]
+  with zipfile.ZipFile(served / 'images.zip', 'w') as images, \
+       zipfile.ZipFile(served / 'masks.zip', 'w') as masks:
+    for name in names:
+      pair = _write_pair(rng, tmp_path / 'raw' / f'{name}.png',
+                         tmp_path / 'raw' / f'{name}_pixels0.png')
+      del pair
+      images.write(tmp_path / 'raw' / f'{name}.png', f'images/{name}.png')
+      masks.write(tmp_path / 'raw' / f'{name}_pixels0.png',
+                  f'masks/{name}_pixels0.png')
+      masks.writestr(f'__MACOSX/masks/._{name}_pixels0.png', b'junk')
+    masks.writestr('masks/.DS_Store', b'junk')
+  lists = {'idx_427/train': names[:3], 'idx_427/val': names[3:4],
+           'idx_427/test': names[4:], 'idx_427/trainval': names[:4],
+           'basicirstd/train': names[::2], 'basicirstd/test': names[1::2]}
+  urls = {'images': f'{url}/images.zip', 'masks': f'{url}/masks.zip'}
+  for key, content in lists.items():
+    _write_list(served / f'{key.replace("/", "_")}.txt', content, '\r\n')
+    urls[key] = f'{url}/{key.replace("/", "_")}.txt'
+  monkeypatch.setattr(sirst_v1, 'URLS', urls)
+  monkeypatch.chdir(tmp_path)  # No ./datasets/sirst_v1 to find.
+  test = datasets.load('sirst_v1', 'test', data_dir=tmp_path / 'tfds')
+  assert [e['id'] for e in test] == names[4:]
+  # A local copy without the BasicIRSTD lists fetches only the lists.
+  local = tmp_path / 'local'
+  (local / 'images').mkdir(parents=True)
+  (local / 'masks').mkdir()
+  for name in names:
+    (local / 'images' / f'{name}.png').write_bytes(
+        (tmp_path / 'raw' / f'{name}.png').read_bytes())
+    (local / 'masks' / f'{name}_pixels0.png').write_bytes(
+        (tmp_path / 'raw' / f'{name}_pixels0.png').read_bytes())
+  (served / 'images.zip').unlink()  # Must not be needed.
+  train = datasets.load('sirst_v1', 'train', source_dir=local,
+                        data_dir=tmp_path / 'tfds', config='basicirstd')
+  assert [e['id'] for e in train] == names[::2]
