@@ -1,0 +1,96 @@
+"""Torch semantics of the shared layers, against hand-written numpy formulas."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from irstd_jax.models import layers
+
+
+def _torch_source_index(dst: int, in_size: int, out_size: int,
+                        align_corners: bool) -> float:
+  """Where torch's bilinear mode samples output index `dst` (no antialias)."""
+  if align_corners:
+    return dst * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+  return max((dst + 0.5) * in_size / out_size - 0.5, 0.0)
+
+
+def _bilinear_reference(x: np.ndarray, out_h: int, out_w: int,
+                        align_corners: bool) -> np.ndarray:
+  """Pixel-by-pixel bilinear resize of NHWC `x`, as torch defines it."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, out_h, out_w, c), np.float64)
+  for i in range(out_h):
+    sy = _torch_source_index(i, h, out_h, align_corners)
+    y0 = min(int(math.floor(sy)), h - 1)
+    y1, fy = min(y0 + 1, h - 1), sy - y0
+    for j in range(out_w):
+      sx = _torch_source_index(j, w, out_w, align_corners)
+      x0 = min(int(math.floor(sx)), w - 1)
+      x1, fx = min(x0 + 1, w - 1), sx - x0
+      out[:, i, j] = ((1 - fy) * (1 - fx) * x[:, y0, x0] + (1 - fy) * fx * x[:, y0, x1]
+                      + fy * (1 - fx) * x[:, y1, x0] + fy * fx * x[:, y1, x1])
+  return out
+
+
+def test_upsample_known_values():
+  """The textbook 1-D cases: [0, 1] upsampled x2 in both conventions."""
+  x = jnp.asarray([0.0, 1.0]).reshape(1, 1, 2, 1)
+  half = layers.upsample_bilinear(x, 2, align_corners=False)
+  corners = layers.upsample_bilinear(x, 2, align_corners=True)
+  np.testing.assert_allclose(half[0, 0, :, 0], [0, 0.25, 0.75, 1], atol=1e-7)
+  np.testing.assert_allclose(corners[0, 0, :, 0], [0, 1 / 3, 2 / 3, 1], atol=1e-7)
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('in_hw,out_hw', [((5, 7), (10, 14)), ((6, 4), (13, 9)),
+                                          ((8, 6), (4, 3)), ((1, 3), (2, 6))])
+def test_resize_bilinear_matches_torch_formula(align_corners, in_hw, out_hw):
+  x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
+  ours = layers.resize_bilinear(jnp.asarray(x), out_hw, align_corners=align_corners)
+  expected = _bilinear_reference(x.astype(np.float64), *out_hw, align_corners)
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=2e-6, rtol=1e-6)
+
+
+def test_max_pool_floors_odd_sizes():
+  x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype(np.float32)
+  expected = x[:, :4, :6].reshape(1, 2, 2, 3, 2, 2).max(axis=(2, 4))
+  np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 2)), expected)
+
+
+def test_batchnorm2d_torch_running_statistics():
+  """Train mode: batch statistics, torch momentum 0.1, unbiased running var."""
+  rng = np.random.default_rng(2)
+  channels = 3
+  bn = layers.BatchNorm2d(channels, rngs=nnx.Rngs(0))
+  scale, bias = rng.uniform(0.5, 1.5, channels), rng.normal(size=channels)
+  running_mean, running_var = rng.normal(size=channels), rng.uniform(0.5, 2, channels)
+  bn.scale[...] = jnp.asarray(scale, jnp.float32)
+  bn.bias[...] = jnp.asarray(bias, jnp.float32)
+  bn.mean[...] = jnp.asarray(running_mean, jnp.float32)
+  bn.var[...] = jnp.asarray(running_var, jnp.float32)
+
+  for step in range(2):
+    x = rng.normal(2.0, 3.0, size=(2, 5, 4, channels)).astype(np.float32)
+    bn.train()
+    y = np.asarray(bn(jnp.asarray(x)))
+    flat = x.reshape(-1, channels).astype(np.float64)
+    n = flat.shape[0]
+    mean = flat.mean(axis=0)
+    biased = ((flat - mean) ** 2).sum(axis=0) / n
+    unbiased = ((flat - mean) ** 2).sum(axis=0) / (n - 1)
+    expected = (x - mean) / np.sqrt(biased + 1e-5) * scale + bias
+    np.testing.assert_allclose(y, expected, atol=2e-5, err_msg=f'step {step}')
+    running_mean = 0.9 * running_mean + 0.1 * mean
+    running_var = 0.9 * running_var + 0.1 * unbiased
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), running_mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.var[...]), running_var, rtol=1e-5)
+
+  bn.eval()
+  x = rng.normal(size=(1, 3, 3, channels)).astype(np.float32)
+  expected = (x - running_mean) / np.sqrt(running_var + 1e-5) * scale + bias
+  np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x))), expected, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(bn.mean[...]), running_mean, rtol=1e-5)
