@@ -1,0 +1,108 @@
+"""Keeps the benchmark command working. Nothing here times anything."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_interleaved_alternates_and_counts():
+  from benchmarks import timing
+  order = []
+  calls = {'a': lambda: order.append('a'), 'b': lambda: order.append('b')}
+  samples = timing.interleaved(calls, repeats=3, warmup=1)
+  assert order == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+  assert [len(s.seconds) for s in samples.values()] == [3, 3]
+  assert all(len(s.cpu_seconds) == 3 for s in samples.values())
+
+
+def test_count_compilations_counts_only_new_shapes():
+  import jax
+  import numpy as np
+  from benchmarks import jax_side
+  f = jax.jit(lambda x: x * 2 + 1)
+  inputs = [np.ones((n,), np.float32) for n in (3, 4, 3, 5, 4)]
+  with jax_side.count_compilations() as compiles:
+    for x in inputs:
+      f(x)
+  assert len(compiles) == 3
+
+
+def test_run_command_smoke(tmp_path):
+  """The whole command on a tiny U-Net (JAX only: CI has no official code)."""
+  out = tmp_path / 'results.json'
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  env.pop('XLA_FLAGS', None)  # conftest's fake devices are not wanted here
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.run', '--out', str(out), '--models',
+       'unet', '--sizes', '32', '--batch', '1', '--quick', '--threads', '0'],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  (case,) = results['cases']
+  assert (case['model'], case['size'], case['batch']) == ('unet', 32, 1)
+  figures = case['figures']
+  assert figures['train step throughput']['jax'] > 0
+  assert figures['single-image inference latency']['jax'] > 0
+  assert figures['train step compile (lower + XLA)']['jax'] > 0
+  assert case['xla']['train']['flops'] > case['xla']['infer_batch_1']['flops'] > 0
+  # One train step and one inference executable, reused by every timed call.
+  assert case['compilations'] == {'setup': 2, 'timed_loops': 0}
+  assert figures['train step throughput']['torch'] is None
+  table = out.with_suffix('.md').read_text()
+  assert '| Device | Model | Figure | JAX | PyTorch | JAX / PyTorch |' in table
+  assert 'unet 32²' in table
+
+
+def test_run_rejects_unknown_model(tmp_path):
+  from benchmarks import run
+  with pytest.raises(SystemExit):
+    run.parse_args(['--out', str(tmp_path / 'r.json'), '--models', 'resnet'])
+
+
+def _fake_checkout(root: pathlib.Path) -> pathlib.Path:
+  """A stand-in for an official checkout, shaped like MSDA-Net's."""
+  (root / 'model' / 'GGL_Net').mkdir(parents=True)
+  # Like the official package __init__, it imports networks that are absent.
+  (root / 'model' / '__init__.py').write_text('import model.Missing\n')
+  (root / 'model' / 'GGL_Net' / 'model_GGL.py').write_text(textwrap.dedent('''
+      import torch
+      class GGLNet(torch.nn.Module):
+        def __init__(self):
+          super().__init__()
+          self.conv = torch.nn.Conv2d(3, 1, 1)
+          self.k = torch.ones(1).cuda()  # as the official GaNet does
+        def forward(self, x):
+          return torch.sigmoid(self.conv(x) * self.k)
+  '''))
+  return root
+
+
+def test_torch_reference_imports_from_a_checkout(tmp_path):
+  pytest.importorskip('torch')
+  import numpy as np
+  from benchmarks import torch_reference
+  root = _fake_checkout(tmp_path / 'msda')
+  refs = torch_reference.find_references([str(root)])
+  assert refs == {'gglnet': root.resolve()}
+  module = torch_reference.build_official('gglnet', refs['gglnet'], 8)
+  assert 'model' not in sys.modules  # the checkout's package does not leak
+  bench = torch_reference.TorchBench(module, reduction='sample')
+  images = np.random.default_rng(0).random((2, 8, 8, 3), np.float32)
+  masks = (images[..., :1] > 0.9).astype(np.float32)
+  assert 0 <= bench.train_call(images, masks)() <= 1
+  assert bench.infer_output(images).shape == (2, 8, 8, 1)
+
+
+def test_torch_reference_rejects_other_directories(tmp_path):
+  from benchmarks import torch_reference
+  with pytest.raises(ValueError, match='holds none of'):
+    torch_reference.find_references([str(tmp_path)])
+  with pytest.raises(ValueError, match='no such directory'):
+    torch_reference.find_references([str(tmp_path / 'absent')])
