@@ -230,32 +230,34 @@ def _resolve(recipe, source, image_size, num_channels, mean_std):
 
 def _basicirstd(data: _Arrays, index: int, rng: np.random.Generator, *,
                 crop: int, mean: float, std: float):
-  image = (data.images[index].astype(np.float32) - mean) / std
-  mask = data.masks[index]
-  height, width = image.shape
-  if height < crop or width < crop:
-    padded_h, padded_w = max(height, crop), max(width, crop)
-    image = np.pad(image, ((0, padded_h - height), (0, padded_w - width)))
-    mask = np.pad(mask, ((0, padded_h - height), (0, padded_w - width)))
-    height, width = padded_h, padded_w
+  raw, mask = data.images[index], data.masks[index]
+  height, width = raw.shape
+  # BasicIRSTD pads the normalised image with zeros (bottom / right) up to
+  # the crop size; only the crop is computed here.
+  padded_h, padded_w = max(height, crop), max(width, crop)
   rows, cols = data.target_pixels(index)
   if rng.random() < 0.5 and len(rows):
     k = rng.integers(len(rows))
     y, x = int(rows[k]), int(cols[k])
-    top = rng.integers(max(0, y - crop + 1), min(y, height - crop) + 1)
-    left = rng.integers(max(0, x - crop + 1), min(x, width - crop) + 1)
+    top = rng.integers(max(0, y - crop + 1), min(y, padded_h - crop) + 1)
+    left = rng.integers(max(0, x - crop + 1), min(x, padded_w - crop) + 1)
   else:
-    top = rng.integers(0, height - crop + 1)
-    left = rng.integers(0, width - crop + 1)
-  image = image[top:top + crop, left:left + crop]
-  mask = mask[top:top + crop, left:left + crop]
+    top = rng.integers(0, padded_h - crop + 1)
+    left = rng.integers(0, padded_w - crop + 1)
+  patch = np.zeros((crop, crop), np.float32)
+  patch_mask = np.zeros((crop, crop), bool)
+  inside_h, inside_w = min(height - top, crop), min(width - left, crop)
+  region = raw[top:top + inside_h, left:left + inside_w]
+  patch[:inside_h, :inside_w] = (region.astype(np.float32) - mean) / std
+  patch_mask[:inside_h, :inside_w] = mask[top:top + inside_h,
+                                          left:left + inside_w]
   if rng.random() < 0.5:
-    image, mask = image[::-1], mask[::-1]
+    patch, patch_mask = patch[::-1], patch_mask[::-1]
   if rng.random() < 0.5:
-    image, mask = image[:, ::-1], mask[:, ::-1]
+    patch, patch_mask = patch[:, ::-1], patch_mask[:, ::-1]
   if rng.random() < 0.5:
-    image, mask = image.T, mask.T
-  return image, mask
+    patch, patch_mask = patch.T, patch_mask.T
+  return patch, patch_mask
 
 
 def _ganet(data: _Arrays, index: int, rng, *, size: int, mean: float,
@@ -359,12 +361,14 @@ class TrainIterator(Iterator[dict]):
   """
 
   def __init__(self, data: _Arrays, transform: Callable, *, recipe: str,
-               global_batch: int, process_index: int, process_count: int,
+               size: int, global_batch: int, process_index: int,
+               process_count: int,
                seed: int, num_channels: int, num_threads: int,
                prefetch: int):
     self._data = data
     self._transform = transform
     self._recipe = recipe
+    self._size = int(size)
     self._global_batch = global_batch
     self._local_batch = global_batch // process_count
     self._offset = process_index * self._local_batch
@@ -386,20 +390,20 @@ class TrainIterator(Iterator[dict]):
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of global batch `step` (a pure function)."""
     start = step * self._global_batch + self._offset
-    images, masks = [], []
-    for position in range(start, start + self._local_batch):
+    shape = (self._local_batch, self._size, self._size, 1)
+    image = np.empty(shape, np.float32)
+    mask = np.empty(shape, np.float32)
+    for slot, position in enumerate(range(start, start + self._local_batch)):
       epoch, within = divmod(position, len(self._data))
       index = int(self._permutation(epoch)[within])
       rng = np.random.default_rng(np.random.SeedSequence(
           self._seed, spawn_key=(1, position)))
-      image, mask = self._transform(self._data, index, rng)
-      images.append(image)
-      masks.append(mask)
-    image = np.stack(images).astype(np.float32)[..., None]
-    if self._num_channels > 1:
+      one_image, one_mask = self._transform(self._data, index, rng)
+      image[slot, :, :, 0] = one_image
+      mask[slot, :, :, 0] = one_mask
+    if self._num_channels > 1:  # Repeating once is ~5x faster than strided writes.
       image = np.repeat(image, self._num_channels, axis=-1)
-    return {'image': image,
-            'mask': np.stack(masks).astype(np.float32)[..., None]}
+    return {'image': image, 'mask': mask}
 
   def __iter__(self):
     return self
@@ -500,7 +504,9 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
   else:
     transform = functools.partial(_ganet if recipe == 'ganet' else _gglnet,
                                   size=int(image_size), mean=mean, std=std)
-  return TrainIterator(data, transform, recipe=recipe, global_batch=batch_size,
+  size = crop_size if recipe == 'basicirstd' else image_size
+  return TrainIterator(data, transform, recipe=recipe, size=size,
+                       global_batch=batch_size,
                        process_index=process_index,
                        process_count=process_count, seed=seed,
                        num_channels=num_channels, num_threads=num_threads,
