@@ -519,3 +519,20 @@ def test_sirst_v1_download_and_unpack(tmp_path, http_root, monkeypatch):
   train = datasets.load('sirst_v1', 'train', source_dir=local,
                         data_dir=tmp_path / 'tfds', config='basicirstd')
   assert [e['id'] for e in train] == names[::2]
+
+
+def test_sirst_v1_offline_without_copy_fails_fast(tmp_path, monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from irstd_jax.datasets import sirst_v1  # pylint: disable=g-import-not-at-top
+  with socket.socket() as probe:  # A port nobody listens on.
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
+  monkeypatch.setattr(sirst_v1, 'URLS', {
+      key: f'http://127.0.0.1:{port}/{key}' for key in sirst_v1.URLS})
+  monkeypatch.chdir(tmp_path)
+  start = time.monotonic()
+  with pytest.raises(ValueError, match=r'no local copy .* download failed.*'
+                     r'Fix: pass source_dir='):
+    datasets.load('sirst_v1', 'test', data_dir=tmp_path / 'tfds')
+  assert time.monotonic() - start < 30  # TFDS alone retries for minutes.

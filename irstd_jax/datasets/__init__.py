@@ -9,7 +9,6 @@ too once a dataset is built. See README.md ("Datasets") for each dataset.
 
 from irstd_jax.datasets.base import DatasetWarning
 from irstd_jax.datasets.base import IrstdBuilder
-from irstd_jax.datasets.loader import as_arrays
 from irstd_jax.datasets.loader import builder
 from irstd_jax.datasets.loader import DATA_DIR_ENV
 from irstd_jax.datasets.loader import default_data_dir
@@ -21,5 +20,5 @@ from irstd_jax.datasets.loader import Source
 names()  # Registers every builder with TFDS.
 
 __all__ = ['DatasetWarning', 'IrstdBuilder', 'Source', 'DATA_DIR_ENV',
-           'as_arrays', 'builder', 'default_data_dir', 'load', 'names',
+           'builder', 'default_data_dir', 'load', 'names',
            'prepare']

@@ -17,7 +17,7 @@ import os
 import pathlib
 import re
 import warnings
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import PIL.Image

@@ -6,7 +6,6 @@ import os
 import pathlib
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from irstd_jax.datasets import base
@@ -166,16 +165,3 @@ def load(name: str, split: str, *, source_dir=None, data_dir=None,
                 config=dataset.builder_config.name
                 if dataset.builder_config else None,
                 split=str(split), metadata=dataset.info.metadata)
-
-
-def as_arrays(source: Sequence[dict]) -> dict[str, list]:
-  """Decodes a whole split into lists of (H, W) arrays and ids."""
-  images, masks, ids = [], [], []
-  examples = iter(source)
-  for example in examples:
-    images.append(np.asarray(example['image'])[..., 0])
-    masks.append(np.asarray(example['mask'])[..., 0])
-    example_id = example.get('id', str(len(ids)))
-    ids.append(example_id.decode() if isinstance(example_id, bytes)
-               else str(example_id))
-  return {'image': images, 'mask': masks, 'id': ids}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import socket
+import urllib.parse
 import zipfile
 
 import tensorflow_datasets as tfds
@@ -47,6 +49,11 @@ _SPLITS = {
     'idx_427': ('train', 'val', 'test', 'trainval'),
     'basicirstd': ('train', 'test'),
 }
+
+
+def _host_port(url: str) -> tuple[str, int]:
+  parts = urllib.parse.urlsplit(url)
+  return parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)
 
 
 def _list_candidates(config: str, split: str) -> list[str]:
@@ -110,13 +117,21 @@ class SirstV1(base.IrstdBuilder):
     if need_images:
       wanted.update(images=URLS['images'], masks=URLS['masks'])
     try:
+      for url in {_host_port(u) for u in wanted.values()}:
+        # TFDS retries a dead network for minutes; fail fast instead.
+        socket.create_connection(url, timeout=10).close()
       paths = dl_manager.download(wanted)
     except Exception as e:  # pylint: disable=broad-except
+      if need_images:
+        missing = 'no local copy was found'
+      else:
+        missing = (f'the {config} split lists are not in the local copy '
+                   f'(looked for {_list_candidates(config, "train")[:2]} ...)')
       raise ValueError(
-          f'sirst_v1: no local copy found and the download failed ({e}). '
-          'Fix: pass source_dir= pointing at a copy of '
-          'https://github.com/YimianDai/sirst with images.zip and masks.zip '
-          'unpacked (see datasets/README.md).') from e
+          f'sirst_v1: {missing} and the download failed ({e}). Fix: pass '
+          'source_dir= pointing at a copy of https://github.com/YimianDai/sirst '
+          'with images.zip and masks.zip unpacked and the split lists in '
+          'idx_427/ or splits/ (see datasets/README.md).') from e
     result = {s: str(paths[f'{config}/{s}']) for s in _SPLITS[config]}
     if need_images:
       root = pathlib.Path(dl_manager.download_dir) / f'sirst_v1_{_SIRST_COMMIT[:7]}'
