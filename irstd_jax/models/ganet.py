@@ -104,7 +104,8 @@ class UpBlockAttention(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
     half = in_channels // 2
-    self.nConvs = nnx.List([CBN(in_channels, out_channels, rngs=rngs),  # pylint: disable=invalid-name
+    # pylint: disable-next=invalid-name (the official name, for the converter)
+    self.nConvs = nnx.List([CBN(in_channels, out_channels, rngs=rngs),
                             CBN(out_channels, out_channels, rngs=rngs)])
     self.sattn = nnx.List([layers.Conv2d(half, half, 1, rngs=rngs)])
 
@@ -230,7 +231,8 @@ class NonLocalBlock(nnx.Module):
     self.phi = nnx.List([layers.Conv2d(in_channels, inter_channels, 1, rngs=rngs)])
     bn = layers.BatchNorm2d(in_channels, rngs=rngs)
     bn.scale[...] = jnp.zeros_like(bn.scale[...])
-    self.W = nnx.List([layers.Conv2d(inter_channels, in_channels, 1, rngs=rngs), bn])  # pylint: disable=invalid-name
+    # pylint: disable-next=invalid-name (the official name, for the converter)
+    self.W = nnx.List([layers.Conv2d(inter_channels, in_channels, 1, rngs=rngs), bn])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, _ = x.shape
