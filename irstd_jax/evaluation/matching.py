@@ -1,0 +1,86 @@
+"""BasicIRSTD's greedy Pd matching, vectorized.
+
+The reference walks the targets (mask components) in label order; each takes
+the first still-unmatched predicted component, in label order, whose centroid
+lies closer than 3 px, and removes it. Here that sequential rule is computed
+in rounds: every predicted component picks the earliest uncommitted target
+that wants it, every target proposes its earliest available candidate, and a
+pair is committed when both choices agree. The earliest uncommitted target of
+an image always commits, and a committed pair is one the sequential walk makes
+too (no earlier target can still reach that component), so the result is the
+reference's. Usually a single round suffices.
+"""
+
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from irstd_jax.evaluation import components as components_lib
+
+_INT_MAX = np.iinfo(np.int32).max
+# The reference's rule: Euclidean distance between centroids < 3 px.
+MAX_DISTANCE = 3.0
+
+
+def greedy_match(predicted: components_lib.Components,
+                 targets: components_lib.Components, num_images: int):
+  """Returns (number of matched targets, pixels of matched predictions)."""
+  num_targets = targets.ok.shape[0]
+  per_image = jnp.zeros((num_images,), jnp.int32).at[targets.image].add(
+      targets.ok.astype(jnp.int32))
+  start = jnp.cumsum(per_image) - per_image
+  # Predicted components only ever meet the targets of their own image.
+  first = start[predicted.image]
+  available_targets = per_image[predicted.image]
+  steps = jnp.max(jnp.where(predicted.ok, available_targets, 0))
+
+  def candidates(j, available, committed):
+    target = jnp.minimum(first + j, num_targets - 1)
+    dy = (predicted.row - targets.row[target]).astype(jnp.float32) + (
+        predicted.row_frac - targets.row_frac[target])
+    dx = (predicted.col - targets.col[target]).astype(jnp.float32) + (
+        predicted.col_frac - targets.col_frac[target])
+    near = dy * dy + dx * dx < MAX_DISTANCE * MAX_DISTANCE
+    ok = (predicted.ok & available & (j < available_targets) &
+          ~committed[target] & near)
+    return ok, target
+
+  def one_round(state):
+    available, committed, matched = state
+
+    def choose(j, carry):
+      wanted_by, proposal = carry
+      ok, target = candidates(j, available, committed)
+      wanted_by = jnp.minimum(wanted_by,
+                              jnp.where(ok, targets.key[target], _INT_MAX))
+      proposal = proposal.at[jnp.where(ok, target, num_targets)].min(
+          predicted.key, mode='drop')
+      return wanted_by, proposal
+
+    wanted_by, proposal = lax.fori_loop(
+        0, steps, choose,
+        (jnp.full(predicted.ok.shape, _INT_MAX, jnp.int32),
+         jnp.full((num_targets,), _INT_MAX, jnp.int32)))
+
+    def commit(j, carry):
+      taken, won = carry
+      ok, target = candidates(j, available, committed)
+      agree = (ok & (wanted_by == targets.key[target]) &
+               (proposal[target] == predicted.key))
+      won = won.at[jnp.where(agree, target, num_targets)].set(
+          True, mode='drop')
+      return taken | agree, won
+
+    taken, won = lax.fori_loop(
+        0, steps, commit,
+        (jnp.zeros(predicted.ok.shape, bool), jnp.zeros((num_targets,), bool)))
+    # A target without any candidate left can never match.
+    committed = committed | won | (proposal == _INT_MAX)
+    return available & ~taken, committed, matched | won
+
+  state = (predicted.ok, ~targets.ok, jnp.zeros((num_targets,), bool))
+  available, _, matched = lax.while_loop(
+      lambda s: ~jnp.all(s[1]), one_round, state)
+  matched_pixels = jnp.sum(
+      jnp.where(predicted.ok & ~available, predicted.area, 0))
+  return jnp.sum(matched.astype(jnp.int32)), matched_pixels

@@ -1,0 +1,427 @@
+"""IRSTD evaluation metrics in jax.numpy, equal to the community's reference code.
+
+mIoU, nIoU, precision / recall / F1, Pd / Fa (BasicIRSTD), ROC (DNANet) and a
+Pd-Fa curve, computed jitted and batched. Two ways in:
+
+* `evaluate(preds, masks)`: a whole set of 2-D maps of any sizes (host arrays).
+* A streaming accumulator for training loops: `stats = init()`, then
+  `stats = update(stats, probs, masks, valid)` per (B, H, W) batch (pure,
+  usable inside `jax.jit`), `merge` across devices or hosts, and
+  `compute(stats)` at the end. Stats are sums only, so a tree-map add also
+  merges them (see `irstd_jax.evaluation.counts` for the exact int32 counters).
+
+A pixel is predicted when its probability is strictly greater than the
+threshold (float32 comparison), and is a target pixel when its mask value is
+> 0.5 (masks in {0, 1} or {0, 255}).
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irstd_jax.evaluation import batch as batch_lib
+from irstd_jax.evaluation import counts
+
+# DNANet's ROCMetric with 10 bins: thresholds 0, 0.1, ..., 1.
+ROC_THRESHOLDS = tuple(i / 10 for i in range(11))
+PD_FA_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+FA_VARIANTS = ('basicirstd', 'gglnet')
+_EPS = float(np.spacing(1))  # The reference codes' denominator guard.
+# DNANet's ROCMetric divides by (count + 0.001).
+_ROC_EPS = 0.001
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=['images', 'valid_pixels', 'pred_pixels', 'mask_pixels',
+                 'intersection', 'union', 'iou_sum', 'iou_error', 'roc_tp',
+                 'roc_fp',
+                 'targets', 'matched', 'fa_pixels', 'tile_overflow'],
+    meta_fields=['roc_thresholds', 'pd_fa_thresholds'])
+@dataclasses.dataclass(frozen=True)
+class MetricStats:
+  """Sufficient statistics: exact counters (see `counts`) and one float sum.
+
+  `matched` and `fa_pixels` hold the Pd/Fa counts at the `update` threshold
+  first, then one row per `pd_fa_thresholds`.
+  """
+  images: jnp.ndarray        # images with at least one valid pixel
+  valid_pixels: jnp.ndarray
+  pred_pixels: jnp.ndarray
+  mask_pixels: jnp.ndarray
+  intersection: jnp.ndarray
+  union: jnp.ndarray
+  iou_sum: jnp.ndarray       # float32 sum of per-image IoU (nIoU) ...
+  iou_error: jnp.ndarray     # ... and its rounding error (compensated sum)
+  roc_tp: jnp.ndarray
+  roc_fp: jnp.ndarray
+  targets: jnp.ndarray       # mask components
+  matched: jnp.ndarray
+  fa_pixels: jnp.ndarray     # predicted pixels outside matched components
+  tile_overflow: jnp.ndarray  # > 0 only with too small custom capacities
+  roc_thresholds: tuple
+  pd_fa_thresholds: tuple
+
+
+def init(thresholds: Optional[Sequence[float]] = None,
+         pd_fa_thresholds: Optional[Sequence[float]] = None) -> MetricStats:
+  """Empty statistics.
+
+  Args:
+    thresholds: ROC thresholds (default DNANet's 0, 0.1, ..., 1).
+    pd_fa_thresholds: thresholds of the Pd-Fa curve (default 0.1, 0.3, ...,
+      0.9); each costs one more connected-component pass per batch, so pass
+      () in a training loop that only needs Pd/Fa at one threshold.
+  """
+  roc = _threshold_tuple(ROC_THRESHOLDS if thresholds is None else thresholds,
+                         'thresholds')
+  curve = _threshold_tuple(
+      PD_FA_THRESHOLDS if pd_fa_thresholds is None else pd_fa_thresholds,
+      'pd_fa_thresholds')
+  rows = 1 + len(curve)
+  return MetricStats(
+      images=counts.zeros(), valid_pixels=counts.zeros(),
+      pred_pixels=counts.zeros(), mask_pixels=counts.zeros(),
+      intersection=counts.zeros(), union=counts.zeros(),
+      iou_sum=jnp.zeros((), jnp.float32), iou_error=jnp.zeros((), jnp.float32),
+      roc_tp=counts.zeros((len(roc),)), roc_fp=counts.zeros((len(roc),)),
+      targets=counts.zeros(), matched=counts.zeros((rows,)),
+      fa_pixels=counts.zeros((rows,)), tile_overflow=jnp.zeros((), jnp.int32),
+      roc_thresholds=roc, pd_fa_thresholds=curve)
+
+
+def _threshold_tuple(values, name) -> tuple:
+  values = tuple(sorted(float(v) for v in values))
+  if any(not 0.0 <= v <= 1.0 for v in values):
+    raise ValueError(f'{name} must lie in [0, 1], got {values}.')
+  if len(set(values)) != len(values):
+    raise ValueError(f'{name} has duplicates: {values}.')
+  return values
+
+
+def update(stats: MetricStats, probs, masks, valid, threshold=0.5, *,
+           pd_fa_relative: bool = False,
+           capacities: Optional[tuple] = None) -> MetricStats:
+  """Adds one batch. Pure and jittable.
+
+  Args:
+    stats: from `init` or a previous `update`.
+    probs: (B, H, W) probabilities in [0, 1] (NaN counts as negative).
+    masks: (B, H, W) masks, {0, 1} or {0, 255}, any dtype.
+    valid: (B, H, W) bool; False marks padding (and whole padded batch
+      entries): such pixels count nowhere, never form or join components, and
+      an image without valid pixels does not count for nIoU.
+    threshold: prediction threshold (strict >), for IoU, P/R/F1 and Pd/Fa.
+    pd_fa_relative: GaNet's variant: Pd/Fa threshold each probability map
+      divided by its own maximum (IoU and ROC stay absolute).
+    capacities: static tile capacities to try (advanced; default is fine).
+
+  Returns:
+    The updated statistics.
+  """
+  probs, masks, valid = jnp.asarray(probs), jnp.asarray(masks), jnp.asarray(
+      valid)
+  if probs.ndim != 3 or masks.shape != probs.shape or (
+      valid.shape != probs.shape):
+    raise ValueError(
+        'update expects probs, masks and valid of one shape (B, H, W); got '
+        f'{probs.shape}, {masks.shape} and {valid.shape}.')
+  probs, masks, valid = batch_lib.pad_to_tiles(probs, masks, valid)
+  out = batch_lib.batch_counts(probs, masks, valid, threshold,
+                               stats.roc_thresholds, stats.pd_fa_thresholds,
+                               pd_fa_relative, capacities)
+  return _add(stats, out)
+
+
+_COUNTERS = ('images', 'valid_pixels', 'pred_pixels', 'mask_pixels',
+             'intersection', 'union', 'roc_tp', 'roc_fp', 'targets', 'matched',
+             'fa_pixels')
+
+
+def _add(stats: MetricStats, out: dict) -> MetricStats:
+  # Kahan-Babuska two-sum keeps nIoU's float32 sum accurate over long sets.
+  total = stats.iou_sum + out['iou_sum']
+  b_virtual = total - stats.iou_sum
+  error = (stats.iou_sum - (total - b_virtual)) + (out['iou_sum'] - b_virtual)
+  return dataclasses.replace(
+      stats, iou_sum=total, iou_error=stats.iou_error + error,
+      tile_overflow=stats.tile_overflow + out.get('tile_overflow', 0),
+      **{f: counts.add(getattr(stats, f), out[f]) for f in _COUNTERS})
+
+
+def merge(a: MetricStats, b: MetricStats) -> MetricStats:
+  """Sums two statistics (e.g. from two hosts)."""
+  if (a.roc_thresholds, a.pd_fa_thresholds) != (b.roc_thresholds,
+                                                 b.pd_fa_thresholds):
+    raise ValueError('Cannot merge statistics with different thresholds: '
+                     f'{a.roc_thresholds, a.pd_fa_thresholds} vs '
+                     f'{b.roc_thresholds, b.pd_fa_thresholds}.')
+  summed = jax.tree.map(jnp.add, a, b)
+  return dataclasses.replace(
+      summed, **{f: counts.normalize(getattr(summed, f)) for f in _COUNTERS})
+
+
+def compute(stats: MetricStats) -> dict:
+  """Final metrics (host floats); same keys as `evaluate`.
+
+  Returns:
+    miou, niou, precision, recall, f1, pd, fa: floats; roc: dict(thresholds,
+    tpr, fpr) of numpy arrays; auc; pd_fa_curve: dict(thresholds, pd, fa);
+    and the raw counts targets, matched_targets, fa_pixels, pixels, images.
+  """
+  if int(stats.tile_overflow) > 0:
+    raise ValueError('Some batches had more active tiles than the largest '
+                     'capacity passed to update(capacities=...); their Pd/Fa '
+                     'and counts are incomplete. Use the default capacities.')
+  c = {f: counts.to_int(getattr(stats, f)) for f in _COUNTERS}
+  tp = int(c['intersection'])
+  fp = int(c['pred_pixels']) - tp
+  fn = int(c['mask_pixels']) - tp
+  precision = tp / (_EPS + tp + fp)
+  recall = tp / (_EPS + tp + fn)
+  images = int(c['images'])
+  targets = int(c['targets'])
+  pixels = int(c['valid_pixels'])
+  pd = c['matched'] / targets if targets else np.full(
+      c['matched'].shape, np.nan)
+  fa = c['fa_pixels'] / pixels if pixels else np.full(
+      c['fa_pixels'].shape, np.nan)
+  positives = int(c['mask_pixels'])
+  negatives = pixels - positives
+  tpr = c['roc_tp'] / (positives + _ROC_EPS)
+  fpr = c['roc_fp'] / (negatives + _ROC_EPS)
+  return dict(
+      miou=tp / (_EPS + int(c['union'])),
+      niou=(float(stats.iou_sum) + float(stats.iou_error)) / images
+      if images else math.nan,
+      precision=precision, recall=recall,
+      f1=2 * precision * recall / (_EPS + precision + recall),
+      pd=float(pd[0]), fa=float(fa[0]),
+      roc=dict(thresholds=np.asarray(stats.roc_thresholds), tpr=tpr, fpr=fpr),
+      auc=_auc(fpr, tpr),
+      pd_fa_curve=dict(thresholds=np.asarray(stats.pd_fa_thresholds),
+                       pd=pd[1:], fa=fa[1:]),
+      targets=targets, matched_targets=int(c['matched'][0]),
+      fa_pixels=int(c['fa_pixels'][0]), pixels=pixels, images=images)
+
+
+def _auc(fpr, tpr) -> float:
+  """Trapezoidal area under the (fpr, tpr) points, as sklearn.metrics.auc."""
+  order = np.lexsort((tpr, fpr))
+  x, y = fpr[order], tpr[order]
+  return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+# ---------------------------------------------------------------------------
+# Whole sets of 2-D maps.
+
+_STATIC = ('threshold', 'roc', 'curve', 'relative')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('num_images',))
+def _summarize(probs, masks, valid, tile_image, num_images, threshold, roc,
+               curve, relative):
+  probs, mask_fg, valid = batch_lib.prepare(probs, masks, valid)
+  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
+  return batch_lib.summarize(
+      probs, mask_fg, valid, tile_image, num_images, jnp.float32(threshold),
+      jnp.asarray(roc, jnp.float32).reshape(-1), pd_fa, relative)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('capacity',))
+def _gather_and_count(probs, masks, valid, tile_image, active, image_max,
+                      capacity, threshold, roc, curve, relative):
+  probs, mask_fg, valid = batch_lib.prepare(probs, masks, valid)
+  lanes = batch_lib.gather(probs, mask_fg, valid, tile_image, active,
+                           capacity, image_max)
+  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
+  return lanes, batch_lib.count_lanes(
+      lanes, jnp.float32(threshold), jnp.asarray(roc, jnp.float32).reshape(-1),
+      pd_fa, relative)
+
+
+@functools.partial(jax.jit, static_argnames=('threshold', 'curve', 'relative',
+                                             'capacity'))
+def _pd_fa(lanes, threshold, curve, relative, capacity):
+  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
+  return batch_lib.pd_fa(lanes, pd_fa, relative, capacity)
+
+
+@functools.partial(jax.jit, static_argnames=('shared',))
+def _combine(stats, summary, lanes, counted, found, shared):
+  return _add(stats, batch_lib.combine(summary, lanes, counted, found, shared))
+
+
+def _power_of_two(n: int, low: int, high: int) -> int:
+  return min(max(1 << max(n - 1, 0).bit_length(), low), high)
+
+
+def _evaluate_batch(stats, probs, masks, valid, tile_image, num_images,
+                    threshold, relative):
+  """`update` in stages, with capacities chosen on the host.
+
+  Each stage then compiles once per shape or capacity (powers of two), and
+  only for the capacities the data needs.
+  """
+  static = dict(threshold=threshold, roc=stats.roc_thresholds,
+                curve=stats.pd_fa_thresholds, relative=relative)
+  summary = _summarize(probs, masks, valid, tile_image, num_images, **static)
+  capacity = _power_of_two(int(summary.count), batch_lib.MIN_CAPACITY,
+                           summary.active.size)
+  lanes, counted = _gather_and_count(probs, masks, valid, tile_image,
+                                     summary.active, summary.image_max,
+                                     capacity=capacity, **static)
+  pixels = _power_of_two(int(np.max(counted['foreground'])), 256,
+                         capacity * batch_lib.LANES)
+  found = _pd_fa(lanes, threshold, stats.pd_fa_thresholds, relative,
+                 capacity=pixels)
+  _, shared = batch_lib.pd_fa_thresholds(threshold, stats.pd_fa_thresholds)
+  return _combine(stats, summary, lanes, counted, found, shared=shared)
+
+
+# Images are packed into canvases of at least this side, 4 px apart (more
+# than the 3 px matching radius, so nothing crosses between images).
+_CANVAS = 1024
+_GAP = 4
+
+
+def _bucket(size: int) -> int:
+  """Rounds a side up to 32, 48, 64, 96, 128, ... (at most 1.5x padding)."""
+  side = 32
+  while side < size:
+    side = side * 3 // 2 if side & (side - 1) == 0 else side * 4 // 3
+  return side
+
+
+def _round_up(n: int, multiple: int = batch_lib.TILE) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _pack(shapes, height, width):
+  """Shelf packing, tallest first: (canvas, top, left) of each image."""
+  order = sorted(range(len(shapes)), key=lambda i: -shapes[i][0])
+  places = [None] * len(shapes)
+  canvas, top, left, shelf = 0, 0, 0, 0
+  for i in order:
+    h, w = shapes[i]
+    if left and left + w > width:
+      top, left, shelf = _round_up(top + shelf + _GAP - 1), 0, 0
+    if top + h > height:
+      canvas, top, left, shelf = canvas + 1, 0, 0, 0
+    places[i] = (canvas, top, left)
+    left = _round_up(left + w + _GAP - 1)
+    shelf = max(shelf, h)
+  return places
+
+
+def _check_image(index: int, pred, mask):
+  """Host-side checks of one (pred, mask) pair; returns float32, bool."""
+  pred, mask = np.asarray(pred), np.asarray(mask)
+  if pred.ndim != 2 or mask.ndim != 2:
+    raise ValueError(f'Image {index}: prediction and mask must be 2-D (H, W); '
+                     f'got shapes {pred.shape} and {mask.shape}. Squeeze '
+                     'channel axes first.')
+  if pred.shape != mask.shape:
+    raise ValueError(f'Image {index}: prediction shape {pred.shape} differs '
+                     f'from mask shape {mask.shape}.')
+  if not pred.size:
+    raise ValueError(f'Image {index} is empty: shape {pred.shape}.')
+  pred = pred.astype(np.float32, copy=False)
+  low, high = pred.min(), pred.max()
+  if np.isnan(low) or np.isnan(high):
+    raise ValueError(f'Image {index}: the prediction contains NaN.')
+  if low < 0 or high > 1:
+    raise ValueError(f'Image {index}: prediction values must be probabilities '
+                     f'in [0, 1], got [{low}, {high}]; apply a sigmoid to '
+                     'logits.')
+  if mask.dtype != bool:
+    top = mask.max()
+    if top not in (0, 1, 255) or (np.count_nonzero(mask) !=
+                                  np.count_nonzero(mask == top)):
+      values = np.unique(mask)
+      raise ValueError(f'Image {index}: mask values must be {{0, 1}} or '
+                       f'{{0, 255}}, got {values[:10].tolist()}.')
+  return pred, mask
+
+
+def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
+             roc_thresholds: Optional[Sequence[float]] = None,
+             pd_fa_thresholds: Optional[Sequence[float]] = None,
+             pd_fa_relative: bool = False, fa_variant: str = 'basicirstd',
+             batch_pixels: int = 1 << 22) -> dict:
+  """Metrics of a whole set of 2-D maps of possibly different sizes.
+
+  Images are packed into canvases (at least 1024x1024, 4 px apart, the gaps
+  marked invalid) and evaluated in jitted batches of about `batch_pixels`
+  pixels, so sets of any sizes share compiled code.
+
+  Args:
+    preds: sequence of (H, W) probability maps in [0, 1].
+    masks: sequence of (H, W) masks, {0, 1} or {0, 255} (or bool).
+    threshold: strict > threshold for IoU, P/R/F1 and Pd/Fa.
+    roc_thresholds: see `init` (`thresholds`).
+    pd_fa_thresholds: see `init`.
+    pd_fa_relative: GaNet's Pd/Fa on each map divided by its own maximum.
+    fa_variant: 'basicirstd' (Fa = false pixels / all pixels of the set) or
+      'gglnet' (GGL-Net's code: predicted minus matched pixels, divided by the
+      number of images times the pixels of the last image, the same number
+      when all images share one size).
+    batch_pixels: pixels per jitted batch.
+
+  Returns:
+    The dict of `compute`.
+
+  Raises:
+    ValueError: naming the image index, for non-2-D arrays, shape mismatches,
+      NaN or values outside [0, 1] in a prediction, or masks with values
+      other than {0, 1} / {0, 255}.
+  """
+  if fa_variant not in FA_VARIANTS:
+    raise ValueError(f'fa_variant must be one of {FA_VARIANTS}, got '
+                     f'{fa_variant!r}.')
+  if len(preds) != len(masks):
+    raise ValueError(f'Got {len(preds)} predictions and {len(masks)} masks.')
+  if not len(preds):
+    raise ValueError('evaluate needs at least one image.')
+  checked = [_check_image(i, p, m) for i, (p, m) in enumerate(zip(preds,
+                                                                   masks))]
+  shapes = [p.shape for p, _ in checked]
+  height = max(_CANVAS, _bucket(max(h for h, _ in shapes)))
+  width = max(_CANVAS, _bucket(max(w for _, w in shapes)))
+  batch_lib.check_batch((1, height, width))
+  places = _pack(shapes, height, width)
+  canvases = max(c for c, _, _ in places) + 1
+  per_batch = max(1, min(batch_pixels // (height * width), canvases))
+  stats = init(roc_thresholds, pd_fa_thresholds)
+  tile = batch_lib.TILE
+  for first in range(0, canvases, per_batch):
+    members = [i for i, (c, _, _) in enumerate(places)
+               if first <= c < first + per_batch]
+    probs = np.zeros((per_batch, height, width), np.float32)
+    mask_batch = np.zeros((per_batch, height, width), bool)
+    valid = np.zeros((per_batch, height, width), bool)
+    tile_image = np.full((per_batch, height // tile, width // tile), -1,
+                         np.int32)
+    for k, i in enumerate(members):
+      (pred, mask), (h, w) = checked[i], shapes[i]
+      c, top, left = places[i]
+      c -= first
+      probs[c, top:top + h, left:left + w] = pred
+      mask_batch[c, top:top + h, left:left + w] = mask
+      valid[c, top:top + h, left:left + w] = True
+      tile_image[c, top // tile:-(-(top + h) // tile),
+                 left // tile:-(-(left + w) // tile)] = k
+    num_images = _power_of_two(len(members), 64, 1 << 30)
+    stats = _evaluate_batch(stats, probs, mask_batch, valid, tile_image,
+                            num_images, float(threshold), pd_fa_relative)
+  result = compute(stats)
+  if fa_variant == 'gglnet':
+    last = np.asarray(preds[-1]).size * len(preds)
+    result['fa'] = result['fa_pixels'] / last
+    result['pd_fa_curve']['fa'] = counts.to_int(stats.fa_pixels)[1:] / last
+  return result
