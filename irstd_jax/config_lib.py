@@ -1,0 +1,178 @@
+"""Helpers shared by the config files in `configs/` (which are loaded by path).
+
+Configs are programs in the big_vision style: `get_config(arg)` receives the
+text after the colon in `--config=configs/ganet.py:quick,epochs=3` and turns it
+into a `ConfigDict`. Durations are written in epochs and converted to steps by
+the trainer, because the IRSTD datasets are small and the papers count epochs.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses 'quick,epochs=3' into a ConfigDict over `defaults`.
+
+  A bare name sets a boolean flag to True; `key=value` is parsed as a Python
+  literal when possible and kept as a string otherwise. Every key must be in
+  `defaults`, so a typo fails instead of being silently ignored.
+
+  Args:
+    arg: the text after ':' in the --config flag, or None.
+    **defaults: the accepted keys and their default values.
+
+  Returns:
+    A ConfigDict with one field per key of `defaults`.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for item in (arg or '').split(','):
+    item = item.strip()
+    if not item:
+      continue
+    key, has_value, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; accepted: '
+                       f'{sorted(defaults)}.')
+    if not has_value:
+      result[key] = True
+      continue
+    try:
+      parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      parsed = value.strip()
+    if isinstance(defaults[key], float) and isinstance(parsed, int):
+      parsed = float(parsed)
+    result[key] = parsed
+  return result
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+  """Number of optimizer steps in `epochs` epochs (at least one)."""
+  return max(1, int(round(epochs * steps_per_epoch)))
+
+
+def is_epoch_due(epoch: int, every_epochs: int, num_epochs: int) -> bool:
+  """Whether something periodic runs after `epoch` (1-based); always after the last."""
+  return epoch == num_epochs or (every_epochs > 0 and epoch % every_epochs == 0)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every config has; the model configs override what differs.
+
+  Each field is explained where a user might change it.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 42  # The papers' codes seed 42.
+
+  # Data. `source_dir` holds the raw download (None: the dataset's default);
+  # `data_dir` the built TFDS records (None: ~/tensorflow_datasets or $TFDS_DATA_DIR).
+  c.dataset = ml_collections.ConfigDict(dict(
+      name='sirst_v1', train_split='trainval',
+      source_dir=ml_collections.FieldReference(None, field_type=str),
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      options={}))
+  c.input = ml_collections.ConfigDict(dict(
+      recipe='basicirstd',   # 'basicirstd', 'ganet' or 'gglnet' (input_pipeline).
+      batch_size=4,          # Global batch, split over all devices and hosts.
+      crop_size=256,         # basicirstd's random crops.
+      # ganet / gglnet resize side; None: the recipe's default for the dataset.
+      image_size=ml_collections.FieldReference(None, field_type=int),
+      num_channels=1,
+      # None: the recipe's (/255 for ganet and gglnet, the dataset's mean/std
+      # for basicirstd); or 'unit', 'sirst_v1', ... (input_pipeline.normalization).
+      normalization=ml_collections.FieldReference(None, field_type=str),
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(name='ganet', options={}))
+  # SoftIoU; 'batch' sums over the whole batch (GaNet code), 'sample' averages
+  # the per-image ratio (GGL-Net code).
+  c.loss = ml_collections.ConfigDict(dict(reduction='batch', smooth=1.0))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adam', learning_rate=5e-4, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0))
+  # Piecewise-constant learning rate: multiplied by `decay_factor` at each
+  # epoch in `decay_epochs` (PyTorch MultiStepLR).
+  c.schedule = ml_collections.ConfigDict(dict(
+      num_epochs=400, decay_epochs=(200, 300), decay_factor=0.1))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      split='test',
+      every_epochs=1,          # Evaluate on `split` after every N epochs.
+      # 'native' (zero-padded to pad_multiple, scored on the real pixels), an
+      # int side (resized), or 'train' (resized to input.image_size).
+      resolution='native',
+      pad_multiple=32,
+      batch_size=8,
+      threshold=0.5,           # Probability threshold (strict >).
+      pd_fa_relative=False,    # True: GaNet code's Pd/Fa on pred / max(pred).
+      best_metric='miou',      # Chooses the "best epoch" checkpoint.
+      num_images=4,            # Input/mask/prediction panels in TensorBoard.
+      num_overlays=16,         # PNG overlays written at the end (-1: all).
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_epochs=1,  # Also saved after every evaluation and at the end.
+      keep=2,          # Latest checkpoints kept, plus the best one.
+  ))
+  c.log_every_steps = 20
+  return c
+
+
+def set_epochs(c: ml_collections.ConfigDict, num_epochs: int) -> None:
+  """Changes the training length, keeping the decays at the same fractions."""
+  old = c.schedule.num_epochs
+  c.schedule.decay_epochs = tuple(
+      max(1, round(e * num_epochs / old)) for e in c.schedule.decay_epochs)
+  c.schedule.num_epochs = int(num_epochs)
+
+
+def make_quick(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config to a few minutes on a CPU with offline synthetic data.
+
+  The recipe (optimizer, loss, schedule shape, protocol) stays the model's;
+  only the data, the image size and the number of epochs shrink.
+  """
+  c.dataset.name = 'irstd_synthetic'
+  c.dataset.train_split = 'train'
+  c.dataset.options = dict(num_train=64, num_test=16, min_size=64, max_size=128)
+  c.input.crop_size = 64
+  if c.input.image_size is not None:
+    c.input.image_size = 64
+  set_epochs(c, 10)
+  c.eval.split = 'test'
+  c.eval.every_epochs = 2
+  c.eval.num_overlays = -1
+  c.log_every_steps = 4
+
+
+def use_basicirstd_protocol(c: ml_collections.ConfigDict) -> None:
+  """BasicIRSTD's protocol: its 50/50 split, random 256 crops, native test."""
+  c.dataset.options = dict(config='basicirstd')
+  c.dataset.train_split = 'train'
+  c.eval.split = 'test'
+  c.input.recipe = 'basicirstd'
+  c.input.crop_size = 256
+  c.input.image_size = None
+  c.eval.resolution = 'native'
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs `get_config(arg)` of a config file given by path.
+
+  Config files are not a package (ml_collections loads them by path), so one
+  config reuses another through this instead of an import.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  name = 'irstd_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f'Cannot load the config file {path}.')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
