@@ -1,0 +1,66 @@
+"""Entry point: `python -m irstd_jax.main --config=configs/ganet.py --workdir=DIR`.
+
+Modes: `train` (default; resumes what DIR holds) and `eval` (scores
+`--checkpoint` of DIR on `--config.eval.split`). Multi-host runs call
+`jax.distributed.initialize` when a launcher's environment is present (see
+`distributed_environment`). The work is done in `irstd_jax.train`.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/ganet.py or configs/ganet.py:quick.',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and pictures.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and resume), or '
+                  'evaluate a checkpoint.')
+flags.DEFINE_string('checkpoint', 'best', "Eval mode: 'best', 'latest' or a step.")
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def distributed_environment() -> dict | None:
+  """`jax.distributed.initialize` arguments, or None for a single process.
+
+  JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID launch by hand;
+  SLURM (srun with several tasks) and Open MPI (mpirun) are detected by JAX.
+  """
+  if 'JAX_COORDINATOR_ADDRESS' in os.environ and 'JAX_NUM_PROCESSES' in os.environ:
+    return dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+                num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                process_id=int(os.environ['JAX_PROCESS_ID']))
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1 or int(
+      os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return {}
+  return None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  distributed = distributed_environment()
+  if distributed is not None:
+    jax.distributed.initialize(**distributed)
+  logging.info('JAX %s: process %d of %d, devices %s', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
+  from irstd_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+  except (train.NonFiniteLossError, train.IncompatibleWorkdirError,
+          FileNotFoundError) as error:
+    # Errors with a message meant for the user: no traceback to dig through.
+    logging.error('%s', error)
+    raise SystemExit(f'Error: {error}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

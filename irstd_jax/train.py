@@ -1,0 +1,674 @@
+"""Training and evaluation: a library of small functions and the loop.
+
+`train_and_evaluate(config, workdir)` trains a model with the config's recipe,
+evaluates it every few epochs on the test split, keeps the latest and the best
+checkpoints and resumes from `workdir` after an interruption.
+`evaluate_checkpoint(config, workdir)` scores a saved checkpoint on a split.
+
+Parallelism: one 1-D device mesh with axis 'data'. The train step is
+`jax.jit`-compiled with the batch sharded over 'data' and the state replicated;
+XLA inserts the all-reduces, so batch-norm statistics and gradients are over
+the global batch and 1 device and N devices train the same model (up to
+reduction order). Hosts each read their own slice of every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from irstd_jax import checkpointing
+from irstd_jax import config_lib
+from irstd_jax import losses
+from irstd_jax import reporting
+from irstd_jax import sharding
+from irstd_jax import summary
+from irstd_jax import visualization
+
+
+
+# ---------------------------------------------------------------------------
+# Model, optimizer, steps.
+
+def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> nnx.Module:
+  """Builds `config.model.name` with `config.model.options`, in train mode.
+
+  A name of the form 'package.module:Class' builds that class instead of a
+  registered model, so that user models train with the same loop.
+  """
+  from irstd_jax import models  # pylint: disable=g-import-not-at-top
+  name = config.model.name
+  options = _plain(config.model.get('options', {}))
+  rngs = nnx.Rngs(config.seed if seed is None else seed)
+  if ':' in name:
+    import importlib  # pylint: disable=g-import-not-at-top
+    module_name, cls_name = name.split(':')
+    model = getattr(importlib.import_module(module_name), cls_name)(**options, rngs=rngs)
+  else:
+    model = models.build(name, rngs=rngs, **options)
+  model.train()
+  return model
+
+
+def count_params(model: nnx.Module) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def model_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a checkpoint must match to be restored into this config's model."""
+  return json.loads(json.dumps({
+      'name': config.model.name,
+      'options': _plain(config.model.get('options', {})),
+      'num_channels': config.input.num_channels,
+  }))
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """Piecewise-constant learning rate with drops at epoch boundaries.
+
+  The learning rate is multiplied by `schedule.decay_factor` from the first
+  step of each epoch in `schedule.decay_epochs` (0-based epoch counts, as
+  PyTorch's MultiStepLR stepped once per epoch).
+  """
+  scales: dict[int, float] = {}
+  for epoch in config.schedule.decay_epochs:
+    if 0 < epoch < config.schedule.num_epochs:
+      step = int(epoch) * steps_per_epoch
+      scales[step] = scales.get(step, 1.0) * config.schedule.decay_factor
+  return _piecewise_constant(float(config.optimizer.learning_rate),
+                             tuple(sorted(scales.items())))
+
+
+# Schedules and transformations are cached by value: the optimizer's graph
+# definition holds them, and equal graph definitions let a second run in the
+# same process (a resumed run, eval after train, tests) reuse the compiled step.
+@functools.lru_cache(maxsize=None)
+def _piecewise_constant(init_value: float, boundaries_and_scales: tuple) -> optax.Schedule:
+  return optax.piecewise_constant_schedule(init_value, dict(boundaries_and_scales))
+
+
+@functools.lru_cache(maxsize=None)
+def _transformation(name: str, learning_rate_fn: optax.Schedule, b1: float, b2: float,
+                    eps: float, weight_decay: float, momentum: float
+                    ) -> optax.GradientTransformation:
+  if name == 'adam' and not weight_decay:
+    return optax.adam(learning_rate_fn, b1=b1, b2=b2, eps=eps)
+  if name in ('adam', 'adamw'):
+    return optax.adamw(learning_rate_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if name == 'sgd':
+    return optax.sgd(learning_rate_fn, momentum=momentum)
+  raise ValueError(f"optimizer.name must be 'adam', 'adamw' or 'sgd', got {name!r}.")
+
+
+def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> nnx.Optimizer:
+  """Adam (the papers' choice), AdamW or SGD over the model's parameters."""
+  opt = config.optimizer
+  tx = _transformation(opt.name, learning_rate_fn, float(opt.b1), float(opt.b2),
+                       float(opt.eps), float(opt.weight_decay),
+                       float(opt.get('momentum', 0.9)))
+  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], reduction: str,
+            smooth: float) -> jax.Array:
+  """SoftIoU of the model's logits against the batch's masks."""
+  return losses.soft_iou_loss(model(batch['image']), batch['mask'],
+                              reduction=reduction, smooth=smooth)
+
+
+def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Pins a jitted function's outputs to be replicated over `mesh`."""
+  return jax.lax.with_sharding_constraint(tree, sharding.replicated(mesh))
+
+
+# The steps are module-level jitted functions with the graph definitions as
+# static arguments, so that runs of the same model in one process (tests,
+# notebooks, train then eval) share one compilation.
+@functools.partial(jax.jit, donate_argnums=0,
+                   static_argnames=('graphdefs', 'loss_options', 'mesh'))
+def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
+               graphdefs: tuple[Any, Any], loss_options: tuple[str, float],
+               mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: {'model': nnx.State, 'opt': nnx.State}, replicated; donated, so
+      XLA updates it in place.
+    batch: image (B, S, S, C) and mask (B, S, S, 1), sharded on 'data'.
+    graphdefs: the model's (train mode) and the optimizer's graph definitions.
+    loss_options: SoftIoU (reduction, smooth).
+    mesh: the device mesh.
+
+  Returns:
+    The new state and {'loss', 'grad_norm'}, all replicated.
+  """
+  model = nnx.merge(graphdefs[0], state['model'])
+  optimizer = nnx.merge(graphdefs[1], state['opt'])
+  reduction, smooth = loss_options
+  loss, grads = nnx.value_and_grad(loss_fn)(model, batch, reduction, smooth)
+  optimizer.update(model, grads)
+  outputs = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  return _replicate(({'model': nnx.state(model), 'opt': nnx.state(optimizer)}, outputs), mesh)
+
+
+@functools.partial(jax.jit, donate_argnums=1,
+                   static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh'))
+def eval_step(model_state: Any, stats: Any, batch: dict[str, jax.Array], *,
+              graphdef: Any, threshold: float, pd_fa_relative: bool,
+              mesh: jax.sharding.Mesh) -> Any:
+  """Adds a batch to the metrics' sufficient statistics (nothing is gathered).
+
+  Args:
+    model_state: the model's state.
+    stats: from `metrics.init`, replicated.
+    batch: image (B, H, W, C), mask (B, H, W), valid (B, H, W), sharded.
+    graphdef: the model's graph definition in eval mode.
+    threshold: probability threshold (strict >).
+    pd_fa_relative: GaNet code's Pd/Fa, thresholding each map divided by its
+      maximum (IoU stays absolute); False is BasicIRSTD's absolute threshold.
+    mesh: the device mesh.
+
+  Returns:
+    The updated statistics, replicated.
+  """
+  from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
+  probs = predict_probs(nnx.merge(graphdef, model_state), batch['image'])
+  return _replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
+                                   threshold=threshold, pd_fa_relative=pd_fa_relative),
+                    mesh)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'mesh'))
+def predict(model_state: Any, images: jax.Array, *, graphdef: Any,
+            mesh: jax.sharding.Mesh) -> jax.Array:
+  """Probabilities (B, H, W), gathered on every host: only for a few pictures."""
+  return _replicate(predict_probs(nnx.merge(graphdef, model_state), images), mesh)
+
+
+def predict_probs(model: nnx.Module, images: jax.Array) -> jax.Array:
+  return jax.nn.sigmoid(model(images))[..., 0]
+
+
+@dataclasses.dataclass
+class Program:
+  """A run's steps with their static arguments bound.
+
+  The training state is a pytree {'model': nnx.State, 'opt': nnx.State}; the
+  eval-mode model (running batch-norm statistics) has its own graph
+  definition but the same state structure as the train-mode one.
+  """
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+  predict: Callable[..., Any]
+
+
+def make_program(model: nnx.Module, optimizer: nnx.Optimizer,
+                 config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                 ) -> tuple[Program, dict[str, Any]]:
+  """Splits model and optimizer, binds the steps to them and to `mesh`.
+
+  Args:
+    model: the model in train mode.
+    optimizer: its optimizer.
+    config: the run's config (loss and eval threshold).
+    mesh: the device mesh; state is replicated, batches sharded on 'data'.
+
+  Returns:
+    The program and the initial state, replicated on `mesh`.
+  """
+  graphdef_model, model_state = nnx.split(model)
+  graphdef_opt, opt_state = nnx.split(optimizer)
+  model.eval()
+  graphdef_eval = nnx.graphdef(model)
+  model.train()
+  state = jax.device_put({'model': model_state, 'opt': opt_state},
+                         sharding.replicated(mesh))
+  program = Program(
+      train_step=functools.partial(
+          train_step, graphdefs=(graphdef_model, graphdef_opt),
+          loss_options=(config.loss.reduction, float(config.loss.smooth)), mesh=mesh),
+      eval_step=functools.partial(eval_step, graphdef=graphdef_eval,
+                                  threshold=float(config.eval.threshold),
+                                  pd_fa_relative=bool(config.eval.pd_fa_relative), mesh=mesh),
+      predict=functools.partial(predict, graphdef=graphdef_eval, mesh=mesh))
+  return program, state
+
+
+def to_pure(state: dict[str, Any]) -> dict[str, Any]:
+  """The state as nested dicts of arrays, as checkpoints store it."""
+  return {k: nnx.to_pure_dict(v) for k, v in state.items()}
+
+
+def from_pure(state: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
+  """Writes checkpointed arrays into `state` (in place) and returns it."""
+  for key, value in state.items():
+    nnx.replace_by_pure_dict(value, pure[key])
+  return state
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+def load_sources(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> list[Any]:
+  """Random-access sources of `config.dataset` for `splits`."""
+  from irstd_jax import datasets  # pylint: disable=g-import-not-at-top
+  ds = config.dataset
+  return [datasets.load(ds.name, split, source_dir=ds.source_dir,
+                        data_dir=ds.data_dir, **_plain(ds.get('options', {})))
+          for split in splits]
+
+
+def _mean_std(config):
+  """None (the recipe's own normalisation) unless the config names one."""
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  name = config.input.get('normalization')
+  return None if name is None else input_pipeline.normalization(name)
+
+
+def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Iterator[Any]:
+  """This host's slice of the training batches (resumable: get/set_state)."""
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  inp = config.input
+  return input_pipeline.train_iterator(
+      source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
+      crop_size=inp.crop_size, image_size=inp.image_size,
+      num_channels=inp.num_channels, mean_std=_mean_std(config),
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def eval_batches(config: ml_collections.ConfigDict, source: Any) -> Iterator[dict[str, Any]]:
+  """The evaluation batches, in full on every host."""
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  ev = config.eval
+  resolution = ev.resolution
+  if resolution == 'train':
+    resolution = config.input.image_size or 'recipe'
+  return input_pipeline.eval_batches(
+      source, recipe=config.input.recipe, batch_size=ev.batch_size,
+      resolution=resolution, pad_multiple=ev.pad_multiple,
+      num_channels=config.input.num_channels, mean_std=_mean_std(config))
+
+
+def _device_eval_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
+  """The batch on the mesh, padded with invalid entries to the device count."""
+  arrays = sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
+                              mesh.size)
+  data = sharding.batch_sharded(mesh)
+  return {k: sharding.global_array(v, data) for k, v in arrays.items()}
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+def evaluate(program: Program, model_state: Any, batches: Iterator[dict[str, Any]],
+             mesh: jax.sharding.Mesh, *, num_examples: int = 0,
+             pd_fa_curve: bool = False) -> tuple[dict[str, Any], list[reporting.Example]]:
+  """All metrics of the model on `batches`, accumulated on the devices.
+
+  Args:
+    program: from `make_program`.
+    model_state: the model part of the training state.
+    batches: from `eval_batches` (image, mask, valid, id).
+    mesh: the device mesh.
+    num_examples: how many images to return with their predictions.
+    pd_fa_curve: also Pd/Fa at 5 more thresholds (5 more connected-component
+      passes per batch; off during training).
+
+  Returns:
+    `metrics.compute` of the accumulated statistics, and the examples.
+  """
+  from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
+  stats = metrics.init(pd_fa_thresholds=None if pd_fa_curve else ())
+  stats = jax.device_put(stats, sharding.replicated(mesh))
+  examples: list[reporting.Example] = []
+  for batch in batches:
+    device_batch = _device_eval_batch(batch, mesh)
+    stats = program.eval_step(model_state, stats, device_batch)
+    if len(examples) < num_examples:
+      probs = sharding.to_host(program.predict(model_state, device_batch['image']))
+      for i, image_id in enumerate(batch['id']):
+        if len(examples) < num_examples and np.any(batch['valid'][i]):
+          examples.append(reporting.Example(
+              image_id, np.asarray(batch['image'][i]), np.asarray(batch['mask'][i]),
+              probs[i], np.asarray(batch['valid'][i])))
+  return metrics.compute(sharding.to_host(stats)), examples
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+def _restore(checkpoints, step, state, workdir):
+  """Checkpoint `step` into `state` (same shapes and shardings), and its meta."""
+  try:
+    pure, meta = checkpoints.restore(step, to_pure(state))
+  except ValueError as error:  # Shapes or structure differ.
+    raise IncompatibleWorkdirError(
+        f'Checkpoint {step} in {workdir} does not fit this config\'s model: '
+        f'{error}. Use a new --workdir, or the config that wrote this one.') from error
+  return from_pure(state, pure), meta
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf."""
+
+
+class IncompatibleWorkdirError(ValueError):
+  """The workdir's checkpoints were written by an incompatible config."""
+
+
+def _check_compatible(meta: dict[str, Any], description: dict[str, Any],
+                      workdir: str, steps_per_epoch: int | None = None) -> None:
+  """Refuses to resume a workdir written by an incompatible config."""
+  saved = meta.get('model')
+  if saved != description:
+    raise IncompatibleWorkdirError(
+        f'{workdir} holds checkpoints of another model: {saved}, but this '
+        f'config builds {description}. Use a new --workdir, or the config '
+        'that wrote this one.')
+  if steps_per_epoch is not None and meta.get('steps_per_epoch') not in (None, steps_per_epoch):
+    raise IncompatibleWorkdirError(
+        f"{workdir} was trained with {meta['steps_per_epoch']} steps per epoch "
+        f'and this config gives {steps_per_epoch} (batch size or training split '
+        'changed). Use a new --workdir, or restore the batch size and split.')
+
+
+def _check_finite(losses_on_host: np.ndarray, first_step: int, checkpoints, workdir: str):
+  bad = np.flatnonzero(~np.isfinite(losses_on_host))
+  if bad.size:
+    step = first_step + int(bad[0])
+    checkpoints.wait()
+    latest = checkpoints.latest_step()
+    kept = (f'the last good checkpoint (step {latest}) is kept in '
+            f'{checkpoints.directory}' if latest is not None
+            else 'no checkpoint had been saved yet')
+    raise NonFiniteLossError(
+        f'The training loss is {losses_on_host[bad[0]]} at step {step}: training '
+        f'stopped, {kept}. Lower optimizer.learning_rate or check the input '
+        f'data; rerunning the same command resumes from the last checkpoint '
+        f'({workdir}).')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Trains, evaluates every few epochs, checkpoints; resumes from `workdir`.
+
+  Args:
+    config: a config from `configs/` (see config_lib.base_config for fields).
+    workdir: where checkpoints, metrics.jsonl, TensorBoard events, pictures
+      and the summary go. An existing run there is resumed.
+    devices: the devices to train on (default: all).
+
+  Returns:
+    dict with 'final' and 'best' ({'epoch', 'step', 'metrics'}), 'num_params'
+    and 'steps'.
+  """
+  mesh = sharding.create_mesh(devices)
+  is_chief = jax.process_index() == 0
+  if config.input.batch_size % mesh.size:
+    raise ValueError(f'input.batch_size={config.input.batch_size} must be a '
+                     f'multiple of the {mesh.size} devices (each takes an equal share).')
+  train_source, eval_source = load_sources(config, (config.dataset.train_split,
+                                                    config.eval.split))
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.input.batch_size)
+  num_epochs = int(config.schedule.num_epochs)
+  total_steps = num_epochs * steps_per_epoch
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+
+  model = create_model(config)
+  num_params = count_params(model)
+  program, state = make_program(model, create_optimizer(model, config, learning_rate_fn),
+                                config, mesh)
+  description = model_description(config)
+  checkpoints = checkpointing.Checkpoints(
+      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+      best_metric=config.eval.best_metric)
+  train_iter = create_train_iterator(config, train_source)
+
+  step, best, last_eval = 0, None, None
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    _check_compatible(checkpoints.restore_meta(latest), description, workdir,
+                      steps_per_epoch)
+    state, meta = _restore(checkpoints, latest, state, workdir)
+    train_iter.set_state(meta['input_state'])
+    step, best, last_eval = meta['step'], meta['best'], meta['last_eval']
+    logging.info('Resumed from %s at step %d.', checkpoints.directory, step)
+
+  writer = summary.create_default_writer(workdir, just_logging=not is_chief)
+  if is_chief:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    if step == 0:
+      writer.write_hparams(_flatten(config.to_dict()))
+  _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps)
+  _print(f'{config.model.name}: {num_params / 1e6:.3f} M parameters; '
+         f'{len(train_source)} training images, {steps_per_epoch} steps per epoch, '
+         f'{num_epochs} epochs ({total_steps} steps) on {mesh.size} device(s)'
+         + (f'; resuming at step {step}' if step else '') + '.')
+
+  def save(epoch, result):
+    meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
+            'best': best, 'last_eval': last_eval, 'model': description,
+            'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
+    checkpoints.save(step, to_pure(state), meta,
+                     metrics=None if result is None else reporting.scalar_metrics(result))
+
+  progress = _progress_bar(total_steps, step, is_chief)
+  try:
+    while step < total_steps:
+      epoch = step // steps_per_epoch + 1
+      epoch_end = epoch * steps_per_epoch
+      pending, pending_first, epoch_losses, epoch_first = [], step + 1, [], step
+      start = time.perf_counter()
+      while step < epoch_end:
+        batch = input_pipeline.shard_batch(next(train_iter), sharding.batch_sharded(mesh))
+        state, outputs = program.train_step(state, batch)
+        step += 1
+        pending.append(outputs['loss'])
+        if step % config.log_every_steps == 0 or step == epoch_end:
+          values = np.asarray(sharding.to_host(pending), np.float64)
+          _check_finite(values, pending_first, checkpoints, workdir)
+          epoch_losses.extend(values.tolist())
+          progress.update(len(pending))
+          progress.set_postfix(loss=f'{values[-1]:.4f}', epoch=epoch, refresh=False)
+          pending, pending_first = [], step + 1
+      seconds = time.perf_counter() - start
+      train_scalars = {
+          'train/loss': float(np.mean(epoch_losses)),
+          'train/learning_rate': float(learning_rate_fn(step - 1)),
+          'train/grad_norm': float(sharding.to_host(outputs['grad_norm'])),
+          'train/steps_per_second': (step - epoch_first) / seconds,
+          'epoch': epoch}
+      writer.write_scalars(step, train_scalars)
+      remaining = (total_steps - step) / max(train_scalars['train/steps_per_second'], 1e-9)
+      line = (f'epoch {epoch}/{num_epochs}  step {step}  loss {train_scalars["train/loss"]:.4f}  '
+              f'lr {train_scalars["train/learning_rate"]:.2e}  '
+              f'{train_scalars["train/steps_per_second"]:.2f} steps/s  '
+              f'ETA {_duration(remaining)}')
+
+      result = None
+      if config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs):
+        result, examples = evaluate(program, state['model'], eval_batches(config, eval_source),
+                                    mesh, num_examples=config.eval.num_images)
+        scalars = reporting.scalar_metrics(result)
+        last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
+        if _is_better(scalars, best, config.eval.best_metric):
+          best = last_eval
+        writer.write_scalars(step, {f'{config.eval.split}/{k}': v for k, v in result.items()})
+        if is_chief and examples:
+          writer.write_images(step, {
+              f'{config.eval.split}/input_mask_prediction/{i}':
+                  visualization.panel(e.image, e.mask, e.prob, e.valid)
+              for i, e in enumerate(examples)})
+        line += (f'\n  {config.eval.split} @ epoch {epoch}: {reporting.metrics_line(scalars)}'
+                 f'  (best {config.eval.best_metric} '
+                 f'{best["metrics"][config.eval.best_metric]:.4f} @ epoch {best["epoch"]})')
+      if result is not None or config_lib.is_epoch_due(
+          epoch, config.checkpoint.every_epochs, num_epochs):
+        save(epoch, result)
+      writer.flush()
+      progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
+  finally:
+    progress.close()
+    train_iter.close()
+    checkpoints.wait()
+
+  report = _final_report(config, workdir, program, state, checkpoints, eval_source,
+                         mesh, last_eval, best, num_params, writer, is_chief)
+  writer.close()
+  checkpoints.close()
+  return report
+
+
+def _final_report(config, workdir, program, state, checkpoints, eval_source, mesh,
+                  last_eval, best, num_params, writer, is_chief) -> dict[str, Any]:
+  """Final-epoch and best-epoch metrics (labelled), the table, overlays."""
+  split = config.eval.split
+  rows = []
+  if last_eval is not None:
+    rows.append(('final', last_eval['epoch'], last_eval['metrics']))
+    writer.write_scalars(last_eval['step'], {f'final/{split}/{k}': v
+                                             for k, v in last_eval['metrics'].items()})
+  if best is not None:
+    rows.append((f'best {config.eval.best_metric} (chosen on {split})', best['epoch'],
+                 best['metrics']))
+    writer.write_scalars(last_eval['step'] if last_eval else best['step'], {
+        **{f'best/{split}/{k}': v for k, v in best['metrics'].items()},
+        'best/epoch': best['epoch'], 'best/step': best['step']})
+  table = reporting.summary_table(rows, num_params)
+  if config.eval.num_overlays:
+    limit = config.eval.num_overlays if config.eval.num_overlays > 0 else sys.maxsize
+    _, examples = evaluate(program, state['model'], eval_batches(config, eval_source), mesh,
+                           num_examples=limit)
+    directory = os.path.join(workdir, 'predictions', f'final_{split}')
+    if is_chief:
+      reporting.write_overlays(examples, directory, config.eval.threshold)
+  if is_chief:
+    with open(os.path.join(workdir, 'summary.md'), 'w', encoding='utf-8') as f:
+      f.write(f'# {config.model.name} on {config.dataset.name} ({split} split)\n\n'
+              f'{table}\n\nmIoU, nIoU, F1, Pd in percent; Fa in false-alarm pixels '
+              'per million. "best" is chosen on the split it is reported on, as '
+              'the GaNet and GGL-Net codes do; "final" is the last epoch '
+              '(BasicIRSTD).\n')
+  _print('\n' + table + f'\n\nCheckpoints: {checkpoints.directory} (steps '
+         f'{checkpoints.all_steps()}, best {checkpoints.best_step()}).')
+  return {'final': last_eval, 'best': best, 'num_params': num_params,
+          'steps': checkpoints.latest_step()}
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                        checkpoint: str | int = 'best', split: str | None = None,
+                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Scores a checkpoint of `workdir` on `split` (default: config.eval.split).
+
+  Writes eval_<split>_<checkpoint>.json and prediction overlays to the workdir.
+
+  Returns:
+    The metrics dict (as `metrics.compute` gives it) plus 'step' and 'epoch'.
+  """
+  mesh = sharding.create_mesh(devices)
+  split = split or config.eval.split
+  (source,) = load_sources(config, (split,))
+  model = create_model(config)
+  program, state = make_program(model, create_optimizer(model, config, optax.constant_schedule(0.0)),
+                                config, mesh)
+  checkpoints = checkpointing.Checkpoints(
+      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+      best_metric=config.eval.best_metric)
+  step = checkpoints.resolve(checkpoint)
+  _check_compatible(checkpoints.restore_meta(step), model_description(config), workdir)
+  state, meta = _restore(checkpoints, step, state, workdir)
+  limit = config.eval.num_overlays if config.eval.num_overlays >= 0 else sys.maxsize
+  result, examples = evaluate(program, state['model'], eval_batches(config, source), mesh,
+                              num_examples=limit)
+  scalars = reporting.scalar_metrics(result)
+  name = f'{checkpoint}_step{step}' if not str(checkpoint).isdigit() else f'step{step}'
+  if jax.process_index() == 0:
+    reporting.write_overlays(examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
+                   config.eval.threshold)
+    with open(os.path.join(workdir, f'eval_{split}_{name}.json'), 'w', encoding='utf-8') as f:
+      json.dump({'step': step, 'epoch': meta['epoch'], 'split': split,
+                 'checkpoint': str(checkpoint),
+                 'metrics': summary._to_json(result)}, f, indent=1)  # pylint: disable=protected-access
+  _print(reporting.summary_table([(f'{checkpoint} (step {step})', meta['epoch'], scalars)],
+                       count_params(model)))
+  checkpoints.close()
+  return {**result, 'step': step, 'epoch': meta['epoch']}
+
+
+# ---------------------------------------------------------------------------
+# Small helpers.
+
+def _is_better(scalars, best, metric) -> bool:
+  if metric not in scalars:
+    raise ValueError(f'eval.best_metric={metric!r} is not a metric; choose one of '
+                     f'{sorted(scalars)}.')
+  # Ties go to the later epoch, as orbax's BestN keeps the later checkpoint.
+  return best is None or scalars[metric] >= best['metrics'][metric]
+
+
+def _plain(value: Any) -> Any:
+  """ConfigDicts and FrozenConfigDicts as plain dicts, tuples as lists."""
+  if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _print(text: str) -> None:
+  if jax.process_index() == 0:
+    print(text, flush=True)
+  logging.info(text)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit='step', disable=not enabled,
+                   dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
+
+
+def _log_overview(model, num_params, mesh, num_train, steps_per_epoch, total_steps):
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
+      nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+  logging.info('%d parameters, mesh %s, %d processes, %d training images, '
+               '%d steps/epoch, %d steps.', num_params, dict(mesh.shape),
+               jax.process_count(), num_train, steps_per_epoch, total_steps)
