@@ -25,14 +25,43 @@ def _pair(v) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _torch_uniform_init(fan_in: int):
-  """torch's default conv / linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+def _host_or_traced(host_sample, traced_sample):
+  """An initializer that draws on the host unless it runs under a trace.
+
+  Eager `jax.random` compiles one XLA program per parameter shape: building a
+  whole model that way took 30-100 s on a 2-core CPU. A numpy generator seeded
+  by the key draws the same values every time without compiling anything.
+  Under a trace (`jax.jit`, `nnx.eval_shape`, `nnx.vmap`) the key has no value,
+  so `jax.random` is used there.
+  """
 
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    if isinstance(key, jax.core.Tracer):
+      return traced_sample(key, shape, dtype)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    values = host_sample(np.random.default_rng(seed), tuple(shape))
+    return jnp.asarray(values.astype(np.dtype(dtype)))
 
   return init
+
+
+def uniform_init(bound: float):
+  """U(-bound, bound), as torch's default conv / linear init."""
+  return _host_or_traced(
+      lambda rng, shape: rng.uniform(-bound, bound, shape),
+      lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound))
+
+
+def normal_init(std: float):
+  """N(0, std^2), untruncated, as torch's `normal_` / `kaiming_normal_`."""
+  return _host_or_traced(
+      lambda rng, shape: rng.normal(0.0, std, shape),
+      lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype))
+
+
+def _torch_uniform_init(fan_in: int):
+  """torch's default conv / linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  return uniform_init(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
 
 
 def Conv2d(
