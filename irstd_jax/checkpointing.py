@@ -134,14 +134,15 @@ class Checkpoints:
 
     Args:
       step: a step in `all_steps()`.
-      like: a pytree of jax arrays (the freshly initialised state); restored
-        arrays take its shapes, dtypes and shardings.
+      like: a pytree of arrays (the freshly initialised state); restored
+        arrays take its shapes, dtypes and, for jax arrays, shardings.
 
     Returns:
       The restored state, with the structure of `like`, and the meta dict.
     """
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=getattr(x, 'sharding', None)),
         to_savable(like))
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),

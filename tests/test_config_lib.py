@@ -1,0 +1,63 @@
+"""Config helpers and the shipped configs."""
+
+import pathlib
+
+import pytest
+
+from irstd_jax import config_lib
+from irstd_jax import train
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def test_parse_arg_flags_values_and_typos():
+  arg = config_lib.parse_arg('quick,epochs=3,dataset=nudt_sirst,lr=1',
+                             quick=False, epochs=0, dataset='sirst_v1', lr=0.5)
+  assert arg.quick is True and arg.epochs == 3 and arg.dataset == 'nudt_sirst'
+  assert arg.lr == 1.0 and isinstance(arg.lr, float)
+  assert config_lib.parse_arg(None, quick=False).quick is False
+  with pytest.raises(ValueError, match="Unknown config argument 'epoch'"):
+    config_lib.parse_arg('epoch=3', epochs=0)
+
+
+def test_set_epochs_keeps_decays_at_the_same_fractions():
+  c = config_lib.base_config()
+  config_lib.set_epochs(c, 40)
+  assert c.schedule.num_epochs == 40 and c.schedule.decay_epochs == (20, 30)
+
+
+def test_learning_rate_drops_at_epoch_boundaries():
+  c = config_lib.load_config(str(CONFIGS / 'ganet.py'))
+  lr = train.create_learning_rate_fn(c, steps_per_epoch=10)
+  assert float(lr(0)) == pytest.approx(5e-4)
+  assert float(lr(1999)) == pytest.approx(5e-4)    # Last step of epoch 200.
+  assert float(lr(2000)) == pytest.approx(5e-5)    # First step of epoch 201.
+  assert float(lr(3000)) == pytest.approx(5e-6)
+
+
+@pytest.mark.parametrize('name', ['ganet', 'gglnet', 'unet'])
+def test_configs_follow_their_papers_and_have_a_quick_variant(name):
+  c = config_lib.load_config(str(CONFIGS / f'{name}.py'))
+  assert c.dataset.name == 'sirst_v1' and c.input.batch_size == 4
+  assert c.model.name == name
+  paper = {'ganet': (5e-4, 400, 'batch', 1), 'unet': (5e-4, 400, 'batch', 1),
+           'gglnet': (1e-4, 500, 'sample', 3)}[name]
+  assert (c.optimizer.learning_rate, c.schedule.num_epochs, c.loss.reduction,
+          c.input.num_channels) == paper
+  quick = config_lib.load_config(str(CONFIGS / f'{name}.py'), 'quick')
+  assert quick.dataset.name == 'irstd_synthetic'
+  assert quick.schedule.num_epochs < 20 and quick.input.image_size == 64
+  if name == 'ganet':  # GradFormer's scale follows the training size.
+    assert quick.model.options.img_size == 64 and c.model.options.img_size == 256
+
+
+def test_gglnet_basicirstd_protocol():
+  c = config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=basicirstd')
+  assert c.dataset.options.config == 'basicirstd' and c.input.recipe == 'basicirstd'
+  assert c.eval.resolution == 'native'
+  with pytest.raises(ValueError, match='protocol'):
+    config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=other')
+
+
+def test_configs_are_not_an_importable_package():
+  assert not (CONFIGS / '__init__.py').exists()
