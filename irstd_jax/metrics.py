@@ -18,7 +18,7 @@ threshold (float32 comparison), and is a target pixel when its mask value is
 import dataclasses
 import functools
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -224,21 +224,20 @@ _STATIC = ('threshold', 'roc', 'curve', 'relative')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('num_images',))
-def _summarize(probs, masks, valid, tile_image, num_images, threshold, roc,
-               curve, relative):
-  probs, mask_fg, valid = batch_lib.prepare(probs, masks, valid)
+def _summarize(probs, has_mask, valid_count, tile_image, num_images, threshold,
+               roc, curve, relative):
+  grid = batch_lib.grid_from_extrema(probs, has_mask, valid_count, relative)
   pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
   return batch_lib.summarize(
-      probs, mask_fg, valid, tile_image, num_images, jnp.float32(threshold),
+      grid, tile_image, num_images, jnp.float32(threshold),
       jnp.asarray(roc, jnp.float32).reshape(-1), pd_fa, relative)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('capacity',))
-def _gather_and_count(probs, masks, valid, tile_image, active, image_max,
-                      capacity, threshold, roc, curve, relative):
-  probs, mask_fg, valid = batch_lib.prepare(probs, masks, valid)
-  lanes = batch_lib.gather(probs, mask_fg, valid, tile_image, active,
-                           capacity, image_max)
+def _gather_and_count(probs, masks, tile_image, tile_order, boxes, active,
+                      image_max, capacity, threshold, roc, curve, relative):
+  lanes = batch_lib.gather(probs, masks, tile_image, active, capacity,
+                           image_max, boxes=boxes, order=tile_order)
   pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
   return lanes, batch_lib.count_lanes(
       lanes, jnp.float32(threshold), jnp.asarray(roc, jnp.float32).reshape(-1),
@@ -261,8 +260,7 @@ def _power_of_two(n: int, low: int, high: int) -> int:
   return min(max(1 << max(n - 1, 0).bit_length(), low), high)
 
 
-def _evaluate_batch(stats, probs, masks, valid, tile_image, num_images,
-                    threshold, relative):
+def _evaluate_batch(stats, canvas, threshold, relative):
   """`update` in stages, with capacities chosen on the host.
 
   Each stage then compiles once per shape or capacity (powers of two), and
@@ -270,18 +268,63 @@ def _evaluate_batch(stats, probs, masks, valid, tile_image, num_images,
   """
   static = dict(threshold=threshold, roc=stats.roc_thresholds,
                 curve=stats.pd_fa_thresholds, relative=relative)
-  summary = _summarize(probs, masks, valid, tile_image, num_images, **static)
+  summary = _summarize(canvas.probs, canvas.has_mask, canvas.valid_count,
+                       canvas.tile_image, canvas.boxes.shape[0], **static)
   capacity = _power_of_two(int(summary.count), batch_lib.MIN_CAPACITY,
                            summary.active.size)
-  lanes, counted = _gather_and_count(probs, masks, valid, tile_image,
-                                     summary.active, summary.image_max,
-                                     capacity=capacity, **static)
+  lanes, counted = _gather_and_count(
+      canvas.probs, canvas.masks, canvas.tile_image, canvas.tile_order,
+      canvas.boxes,
+      summary.active, summary.image_max, capacity=capacity, **static)
   pixels = _power_of_two(int(np.max(counted['foreground'])), 256,
                          capacity * batch_lib.LANES)
   found = _pd_fa(lanes, threshold, stats.pd_fa_thresholds, relative,
                  capacity=pixels)
   _, shared = batch_lib.pd_fa_thresholds(threshold, stats.pd_fa_thresholds)
   return _combine(stats, summary, lanes, counted, found, shared=shared)
+
+
+class _Canvas(NamedTuple):
+  """Images packed into a (B, H, W) batch, with what the host knows."""
+  probs: np.ndarray        # float32, each image's edges repeated to its tiles
+  masks: np.ndarray        # bool
+  tile_image: np.ndarray   # (B, H/8, W/8) int32 image index, -1 in gaps
+  tile_order: np.ndarray   # flat tile indices, image by image (then gaps)
+  has_mask: np.ndarray     # (B, H/8, W/8) bool
+  valid_count: np.ndarray  # (B, H/8, W/8) int32
+  boxes: np.ndarray        # (images, 4) int32 top, left, height, width
+
+
+def _paint(images, places, batch, height, width, num_images) -> _Canvas:
+  tile = batch_lib.TILE
+  grid = (batch, height // tile, width // tile)
+  canvas = _Canvas(np.zeros((batch, height, width), np.float32),
+                   np.zeros((batch, height, width), bool),
+                   np.full(grid, -1, np.int32), None, np.zeros(grid, bool),
+                   np.zeros(grid, np.int32), np.zeros((num_images, 4),
+                                                      np.int32))
+  for k, ((pred, mask), (c, top, left)) in enumerate(zip(images, places)):
+    h, w = pred.shape
+    bottom, right = _round_up(top + h), _round_up(left + w)
+    canvas.probs[c, top:top + h, left:left + w] = pred
+    # Repeat the last row and column up to the tile boundary, so that tile
+    # extrema only see the image's own values.
+    canvas.probs[c, top + h:bottom, left:left + w] = pred[-1]
+    canvas.probs[c, top:bottom, left + w:right] = canvas.probs[
+        c, top:bottom, left + w - 1:left + w]
+    canvas.masks[c, top:top + h, left:left + w] = mask
+    rows = slice(top // tile, bottom // tile)
+    cols = slice(left // tile, right // tile)
+    canvas.tile_image[c, rows, cols] = k
+    row_count = np.minimum(tile, top + h - np.arange(top, bottom, tile))
+    col_count = np.minimum(tile, left + w - np.arange(left, right, tile))
+    canvas.valid_count[c, rows, cols] = np.outer(row_count, col_count)
+    ys, xs = np.nonzero(mask)
+    canvas.has_mask[c, (top + ys) // tile, (left + xs) // tile] = True
+    canvas.boxes[k] = (top, left, h, w)
+  owners = canvas.tile_image.reshape(-1)
+  order = np.argsort(np.where(owners < 0, num_images, owners), kind='stable')
+  return canvas._replace(tile_order=order.astype(np.int32))
 
 
 # Images are packed into canvases of at least this side, 4 px apart (more
@@ -398,27 +441,14 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
   canvases = max(c for c, _, _ in places) + 1
   per_batch = max(1, min(batch_pixels // (height * width), canvases))
   stats = init(roc_thresholds, pd_fa_thresholds)
-  tile = batch_lib.TILE
   for first in range(0, canvases, per_batch):
     members = [i for i, (c, _, _) in enumerate(places)
                if first <= c < first + per_batch]
-    probs = np.zeros((per_batch, height, width), np.float32)
-    mask_batch = np.zeros((per_batch, height, width), bool)
-    valid = np.zeros((per_batch, height, width), bool)
-    tile_image = np.full((per_batch, height // tile, width // tile), -1,
-                         np.int32)
-    for k, i in enumerate(members):
-      (pred, mask), (h, w) = checked[i], shapes[i]
-      c, top, left = places[i]
-      c -= first
-      probs[c, top:top + h, left:left + w] = pred
-      mask_batch[c, top:top + h, left:left + w] = mask
-      valid[c, top:top + h, left:left + w] = True
-      tile_image[c, top // tile:-(-(top + h) // tile),
-                 left // tile:-(-(left + w) // tile)] = k
-    num_images = _power_of_two(len(members), 64, 1 << 30)
-    stats = _evaluate_batch(stats, probs, mask_batch, valid, tile_image,
-                            num_images, float(threshold), pd_fa_relative)
+    canvas = _paint([checked[i] for i in members],
+                    [(places[i][0] - first,) + places[i][1:] for i in members],
+                    per_batch, height, width,
+                    _power_of_two(len(members), 64, 1 << 30))
+    stats = _evaluate_batch(stats, canvas, float(threshold), pd_fa_relative)
   result = compute(stats)
   if fa_variant == 'gglnet':
     last = np.asarray(preds[-1]).size * len(preds)

@@ -100,6 +100,18 @@ class Summary(NamedTuple):
   image_max: Optional[jnp.ndarray]  # (images,) for the relative variant
 
 
+class TileGrid(NamedTuple):
+  """What the dense pass knows about each tile."""
+  max: jnp.ndarray          # (B, H/8, W/8) max probability over valid pixels
+  min: jnp.ndarray          # ... min (both only meaningful if `known`)
+  has_mask: jnp.ndarray     # bool
+  valid_count: jnp.ndarray  # int32 valid pixels, or -1 if partly valid and
+                            # not counted (the tile then is always active)
+  unknown: jnp.ndarray      # bool: NaN or uncounted validity
+  valid_max: Optional[jnp.ndarray]  # max probability over valid pixels, -inf
+                                    # if none (relative variant only)
+
+
 def _chunk_size(batch, pixels):
   if jax.default_backend() != 'cpu':
     return batch
@@ -110,33 +122,63 @@ def _chunk_size(batch, pixels):
   return size
 
 
-def _tile_extrema(probs, mask_fg, valid, want_max):
-  """Per tile: max and min of q (p, 3 on mask pixels, -1 outside valid), and
-  with `want_max` the max of p over valid pixels."""
-  batch, height, width = probs.shape
+def _tile_reduce(arrays, fn, prepare_fn=None):
+  """fn(*prepare_fn(*chunk)) per chunk of the batch (see _CPU_CHUNK_PIXELS)."""
+  batch, height, width = arrays[0].shape
   chunk = _chunk_size(batch, height * width)
-
-  def tiles_of(a):
-    return a.reshape(a.shape[0], height // TILE, TILE, width // TILE, TILE)
-
-  def summarize_chunk(p, m, v, barrier):
-    q = jnp.where(v, jnp.where(m, 3.0, p), -1.0)
-    if barrier:
-      # Keeps q materialized per chunk: XLA:CPU is far slower on tile
-      # reductions that fuse an elementwise producer.
-      q = lax.optimization_barrier(q)
-    out = [tiles_of(q).max(axis=(2, 4)), tiles_of(q).min(axis=(2, 4))]
-    if want_max:
-      out.append(tiles_of(jnp.where(v, p, -jnp.inf)).max(axis=(2, 4)))
-    return out
-
   if chunk == batch:
-    return summarize_chunk(probs, mask_fg, valid, False)
+    return fn(*(prepare_fn(*arrays) if prepare_fn else arrays))
   shape = (batch // chunk, chunk, height, width)
-  _, out = lax.scan(
-      lambda _, xs: (None, summarize_chunk(*xs, True)), None,
-      (probs.reshape(shape), mask_fg.reshape(shape), valid.reshape(shape)))
+
+  def body(_, xs):
+    # The barrier keeps each chunk's temporaries materialized: XLA:CPU is
+    # far slower on tile reductions that fuse an elementwise producer.
+    xs = lax.optimization_barrier(prepare_fn(*xs) if prepare_fn else xs)
+    return None, fn(*xs)
+
+  _, out = lax.scan(body, None, tuple(a.reshape(shape) for a in arrays))
   return [o.reshape((batch,) + o.shape[2:]) for o in out]
+
+
+def _tiles_of(a):
+  b, h, w = a.shape
+  return a.reshape(b, h // TILE, TILE, w // TILE, TILE)
+
+
+def grid_from_pixels(probs, mask_fg, valid, relative) -> TileGrid:
+  """The dense pass for arbitrary validity (update's path)."""
+
+  def encode(p, m, v):
+    # q: p on valid pixels, 3 on mask pixels, -1 outside the valid region.
+    q = jnp.where(v, jnp.where(m, 3.0, p), -1.0)
+    return (q, jnp.where(v, p, -jnp.inf)) if relative else (q,)
+
+  def extrema(q, *p):
+    out = [_tiles_of(q).max(axis=(2, 4)), _tiles_of(q).min(axis=(2, 4))]
+    return out + [_tiles_of(p[0]).max(axis=(2, 4))] if p else out
+
+  out = _tile_reduce((probs, mask_fg, valid), extrema, encode)
+  q_max, q_min = out[0], out[1]
+  nan = jnp.isnan(q_max) | jnp.isnan(q_min)
+  full = (q_min >= 0) & ~nan
+  empty = (q_max < 0) & ~nan
+  valid_count = jnp.where(full, LANES, jnp.where(empty, 0, -1))
+  return TileGrid(q_max, q_min, (q_max >= 3) & ~nan, valid_count,
+                  nan | (valid_count < 0), out[2] if relative else None)
+
+
+def grid_from_extrema(probs, has_mask, valid_count, relative) -> TileGrid:
+  """The dense pass when validity and mask tiles are known (evaluate's path).
+
+  `probs` must repeat each image's last row and column up to its tile
+  boundary, so that a tile's min and max are those of its valid pixels.
+  """
+  q_max, q_min = _tile_reduce(
+      (probs,), lambda p: [_tiles_of(p).max(axis=(2, 4)),
+                           _tiles_of(p).min(axis=(2, 4))])
+  valid_max = jnp.where(valid_count > 0, q_max, -jnp.inf) if relative else None
+  return TileGrid(q_max, q_min, has_mask, valid_count,
+                  jnp.zeros(has_mask.shape, bool), valid_max)
 
 
 def _per_image(values, tile_image, num_images, reduce='sum'):
@@ -149,38 +191,32 @@ def _per_image(values, tile_image, num_images, reduce='sum'):
       values, mode='drop')
 
 
-def summarize(probs, mask_fg, valid, tile_image, num_images, threshold, roc,
-              pd_fa, relative) -> Summary:
-  """The dense pass: which tiles are active, and what quiet tiles add."""
-  extrema = _tile_extrema(probs, mask_fg, valid, relative)
-  tile_max, tile_min = extrema[0], extrema[1]
-  nan = jnp.isnan(tile_max) | jnp.isnan(tile_min)
-  empty = (tile_max < 0) & ~nan
-  # Fully valid, no mask pixel (those read 3), no NaN: min and max are the
-  # probability's.
-  simple = (tile_min >= 0) & (tile_max < 3) & ~nan
+def summarize(grid: TileGrid, tile_image, num_images, threshold, roc, pd_fa,
+              relative) -> Summary:
+  """Which tiles are active, and what the quiet tiles add."""
+  counted = grid.valid_count > 0
+  simple = counted & ~grid.unknown & ~grid.has_mask
   iou_thresholds = jnp.concatenate([jnp.reshape(threshold, (1,)), roc])
-  straddles = jnp.any((tile_min[..., None] <= iou_thresholds) &
-                      (iou_thresholds < tile_max[..., None]), axis=-1)
+  straddles = jnp.any((grid.min[..., None] <= iou_thresholds) &
+                      (iou_thresholds < grid.max[..., None]), axis=-1)
   image_max = None
-  peak = tile_max
+  peak = grid.max
   if relative:
-    image_max = _per_image(extrema[2], tile_image, num_images, 'max')
-    scale = image_max[jnp.maximum(tile_image, 0)]
-    peak = tile_max / scale
+    image_max = _per_image(grid.valid_max, tile_image, num_images, 'max')
+    peak = grid.max / image_max[jnp.maximum(tile_image, 0)]
   detects = peak > jnp.min(pd_fa)
-  active = (~simple & ~empty) | (simple & (straddles | detects))
+  active = grid.unknown | grid.has_mask | (simple & (straddles | detects))
   quiet = simple & ~active
 
   def quiet_pixels(above):
-    return LANES * (quiet & above).astype(jnp.int32)
+    return jnp.where(quiet & above, grid.valid_count, 0)
 
   return Summary(
       active=active, count=jnp.sum(active.astype(jnp.int32)),
       quiet_valid=_per_image(quiet_pixels(True), tile_image, num_images),
-      quiet_pred=_per_image(quiet_pixels(tile_min > threshold), tile_image,
+      quiet_pred=_per_image(quiet_pixels(grid.min > threshold), tile_image,
                             num_images),
-      quiet_roc=jnp.stack([jnp.sum(quiet_pixels(tile_min > t)) for t in roc]),
+      quiet_roc=jnp.stack([jnp.sum(quiet_pixels(grid.min > t)) for t in roc]),
       image_max=image_max)
 
 
@@ -194,63 +230,94 @@ class Lanes(NamedTuple):
   scale: jnp.ndarray   # (cap,) float32 the image maximum (relative variant)
 
 
-def gather(probs, mask_fg, valid, tile_image, active, capacity,
-           image_max=None) -> Lanes:
-  tiles = components_lib.select_tiles(active, capacity, probs.shape)
-  ok = tiles.ok[:, None, None]
-  v = components_lib.gather(tiles, valid) & ok
+def gather(probs, mask_fg, tile_image, active, capacity, image_max=None, *,
+           valid=None, boxes=None, order=None) -> Lanes:
+  """Gathers the active tiles' pixels.
+
+  Validity comes from the dense `valid` array, or from per-image `boxes`
+  (images, 4) = (top, left, height, width) when images are rectangles.
+  `order` lists the flat tile indices image by image when several images
+  share a batch entry (see components.select_tiles).
+  """
+  tiles = components_lib.select_tiles(active, capacity, probs.shape, order)
   owner = jnp.where(tiles.ok, tile_image[tiles.image, tiles.row, tiles.col],
                     -1)
+  tiles = components_lib.with_groups(tiles, owner)
+  if boxes is None:
+    v = components_lib.gather(tiles, valid)
+  else:
+    box = boxes[jnp.maximum(owner, 0)]
+    offsets = jnp.arange(TILE, dtype=jnp.int32)
+    y = tiles.row[:, None] * TILE + offsets[None, :] - box[:, :1]
+    x = tiles.col[:, None] * TILE + offsets[None, :] - box[:, 1:2]
+    v = (((y >= 0) & (y < box[:, 2:3]))[:, :, None] &
+         ((x >= 0) & (x < box[:, 3:4]))[:, None, :])
+  v = v & (owner >= 0)[:, None, None]
   scale = (jnp.ones(tiles.ok.shape, jnp.float32) if image_max is None else
            image_max[jnp.maximum(owner, 0)])
   return Lanes(tiles, owner, components_lib.gather(tiles, probs),
                components_lib.gather(tiles, mask_fg) & v, v, scale)
 
 
-def _pd_fa_foreground(lanes: Lanes, t, relative):
-  score = lanes.probs / lanes.scale[:, None, None] if relative else lanes.probs
-  return (score > t) & lanes.valid
+def _counts_above(values, valid, thresholds):
+  """For each threshold, the number of selected values above it.
+
+  One histogram over the sorted thresholds instead of one pass per threshold.
+  """
+  order = jnp.argsort(thresholds)
+  ascending = thresholds[order]
+  size = thresholds.shape[0]
+  bins = sum((values > ascending[k]).astype(jnp.int32) for k in range(size))
+  hist = jnp.zeros((size + 1,), jnp.int32).at[
+      jnp.where(valid, bins, size + 1).reshape(-1)].add(1, mode='drop')
+  above = jnp.cumsum(hist[::-1])[::-1][1:]  # above[k]: bins >= k + 1
+  return jnp.zeros((size,), jnp.int32).at[order].set(above)
 
 
 def count_lanes(lanes: Lanes, threshold, roc, pd_fa, relative) -> dict:
   """Per-tile pixel counts, ROC counts and foreground sizes of active tiles."""
   p, m, v = lanes.probs, lanes.mask, lanes.valid
-
-  def per_tile(pixels):
-    return jnp.sum(pixels.astype(jnp.int32), axis=(1, 2))
-
-  def total(pixels):
-    return jnp.sum(pixels.astype(jnp.int32))
-
+  capacity = p.shape[0]
   predicted = (p > threshold) & v
-  roc_tp = jnp.stack([total((p > t) & m) for t in roc])
-  roc_fp = jnp.stack([total((p > t) & v & ~m) for t in roc])
-  foreground = jnp.stack([total(m)] + [
-      total(_pd_fa_foreground(lanes, pd_fa[i], relative))
-      for i in range(pd_fa.shape[0])])
-  return dict(valid=per_tile(v), pred=per_tile(predicted), mask=per_tile(m),
-              intersection=per_tile(predicted & m), roc_tp=roc_tp,
-              roc_fp=roc_fp, foreground=foreground)
+  # Per tile: 0 invalid, 1 background, 2 predicted only, 3 mask only, 4 both.
+  category = jnp.where(v, 1 + predicted.astype(jnp.int32) + 2 * m, 0)
+  slot = jnp.arange(capacity, dtype=jnp.int32)[:, None, None] * 5 + category
+  hist = jnp.zeros((capacity * 5,), jnp.int32).at[slot.reshape(-1)].add(
+      1).reshape(capacity, 5)
+  roc_tp = _counts_above(p, m, roc)
+  roc_fp = _counts_above(p, v & ~m, roc)
+  score = p / lanes.scale[:, None, None] if relative else p
+  # The pixel lists of `pd_fa`: the mask's and the lowest threshold's.
+  foreground = jnp.stack([jnp.sum(hist[:, 3:]),
+                          jnp.sum((v & (score > jnp.min(pd_fa))).astype(
+                              jnp.int32))])
+  return dict(valid=jnp.sum(hist[:, 1:], axis=1), pred=hist[:, 2] + hist[:, 4],
+              mask=hist[:, 3] + hist[:, 4], intersection=hist[:, 4],
+              roc_tp=roc_tp, roc_fp=roc_fp, foreground=foreground)
 
 
 def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
   """Targets, matched targets and false-alarm pixels at each threshold.
 
-  `capacity` must hold the mask's and every threshold's foreground pixels.
+  `capacity` must hold the mask's foreground pixels and those of the lowest
+  threshold; higher thresholds select subsets of the latter's list.
   """
   tiles = lanes.tiles
-  mask = components_lib.select_pixels(lanes.mask, capacity)
+  mask = components_lib.select_pixels(tiles, lanes.mask, capacity)
   targets = components_lib.components(
-      tiles, mask, components_lib.label(tiles, mask), compacted=True)
+      mask, components_lib.label(mask), compacted=True)
+  score = lanes.probs / lanes.scale[:, None, None] if relative else lanes.probs
+  lowest = jnp.min(thresholds)
+  base = components_lib.select_pixels(tiles, (score > lowest) & lanes.valid,
+                                      capacity)
+  base_score = score.reshape(-1)[base.lane]
   groups = tiles.ok.shape[0]
 
   def at(t):
-    fg = components_lib.select_pixels(
-        _pd_fa_foreground(lanes, t, relative), capacity)
-    found = components_lib.components(tiles, fg, components_lib.label(
-        tiles, fg))
+    ok = base.ok & (base_score > t)
+    found = components_lib.components(base, components_lib.label(base, ok), ok)
     hits, hit_pixels = matching.greedy_match(found, targets, groups)
-    return hits, fg.count - hit_pixels
+    return hits, jnp.sum(ok.astype(jnp.int32)) - hit_pixels
 
   matched, fa_pixels = lax.map(at, thresholds)
   return dict(targets=targets.count, matched=matched, fa_pixels=fa_pixels)
@@ -310,14 +377,15 @@ def batch_counts(probs, masks, valid, threshold, roc_thresholds,
   threshold = jnp.asarray(threshold, jnp.float32)
   roc = jnp.asarray(roc_thresholds, jnp.float32).reshape(-1)
   tile_image = per_entry_tile_image(probs.shape)
-  summary = summarize(probs, mask_fg, valid, tile_image, probs.shape[0],
-                      threshold, roc, thresholds, relative)
+  grid = grid_from_pixels(probs, mask_fg, valid, relative)
+  summary = summarize(grid, tile_image, probs.shape[0], threshold, roc,
+                      thresholds, relative)
   if capacities is None:
     capacities = default_capacities(summary.active.size)
 
   def branch(capacity):
-    lanes = gather(probs, mask_fg, valid, tile_image, summary.active,
-                   capacity, summary.image_max)
+    lanes = gather(probs, mask_fg, tile_image, summary.active, capacity,
+                   summary.image_max, valid=valid)
     counted = count_lanes(lanes, threshold, roc, thresholds, relative)
     found = pd_fa(lanes, thresholds, relative, capacity * LANES)
     return combine(summary, lanes, counted, found, shared)

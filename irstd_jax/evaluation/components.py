@@ -9,7 +9,7 @@ representative is its first pixel in raster order, which is exactly the order
 in which scikit-image's `measure.label` numbers components.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 from jax import lax
@@ -18,9 +18,6 @@ import numpy as np
 
 TILE = 8
 LANES = TILE * TILE
-# At most 16 pixels of an 8x8 tile are pairwise non-adjacent, so a tile holds
-# the first pixel of at most 16 components.
-MAX_ROOTS_PER_TILE = 16
 _ROW = 64
 _INT_MAX = np.iinfo(np.int32).max
 # Centroid sums are split as 128 * high + low to stay inside int32.
@@ -69,7 +66,7 @@ class Tiles(NamedTuple):
   """
   ok: jnp.ndarray         # (cap,) bool: a real tile, not padding
   image: jnp.ndarray      # (cap,) int32 image index in the batch
-  group: jnp.ndarray      # (cap,) int32 rank of the image among the tiles'
+  group: jnp.ndarray      # (cap,) int32 rank of the tile's image (matching)
   row: jnp.ndarray        # (cap,) int32 tile row
   col: jnp.ndarray        # (cap,) int32 tile column
   neighbors: jnp.ndarray  # (cap, 9) compact index of the 3x3 tile block, -1
@@ -77,13 +74,24 @@ class Tiles(NamedTuple):
   width: jnp.ndarray      # () int32 W
 
 
-def select_tiles(active: jnp.ndarray, capacity: int, shape) -> Tiles:
-  """Compacts the active tiles of a (B, H/8, W/8) boolean grid."""
+def select_tiles(active: jnp.ndarray, capacity: int, shape,
+                 order=None) -> Tiles:
+  """Compacts the active tiles of a (B, H/8, W/8) boolean grid.
+
+  Tiles are listed in raster order of the grid, or in the order of the
+  permutation `order` of flat tile indices (evaluate lists the tiles of its
+  packed canvases image by image, so that each image's tiles are contiguous).
+  """
   batch, tile_rows, tile_cols = active.shape
   total = active.size
-  index, _ = compact(active.reshape(-1), capacity)
+  flat = active.reshape(-1)
+  if order is not None:
+    flat = flat[order]
+  index, _ = compact(flat, capacity)
   ok = index < total
   index = jnp.where(ok, index, 0)
+  if order is not None:
+    index = order[index]
   image = index // (tile_rows * tile_cols)
   row = (index // tile_cols) % tile_rows
   col = index % tile_cols
@@ -98,14 +106,21 @@ def select_tiles(active: jnp.ndarray, capacity: int, shape) -> Tiles:
       flat = (image * tile_rows + jnp.clip(r, 0, tile_rows - 1)) * tile_cols
       flat = flat + jnp.clip(c, 0, tile_cols - 1)
       neighbors.append(jnp.where(inside, tile_map[flat], -1))
-  # Tiles come sorted by image, so a dense image rank keeps per-image work
-  # within arrays of the capacity's size whatever the batch size.
-  starts = jnp.concatenate([jnp.ones((1,), bool), image[1:] != image[:-1]])
-  group = cumsum_counts(starts.astype(jnp.int32)) - 1
+  group = jnp.zeros_like(image)  # Set by with_groups.
   _, height, width = shape
   del batch
   return Tiles(ok, image, group, row, col, jnp.stack(neighbors, axis=1),
                jnp.int32(height), jnp.int32(width))
+
+
+def with_groups(tiles: Tiles, owner: jnp.ndarray) -> Tiles:
+  """Sets each tile's group to the dense rank of its image `owner`.
+
+  Tiles must come grouped by owner; the rank keeps per-image work in arrays
+  of the capacity's size whatever the number of images.
+  """
+  starts = jnp.concatenate([jnp.ones((1,), bool), owner[1:] != owner[:-1]])
+  return tiles._replace(group=cumsum_counts(starts.astype(jnp.int32)) - 1)
 
 
 def gather(tiles: Tiles, array: jnp.ndarray) -> jnp.ndarray:
@@ -134,39 +149,55 @@ _TABLES = _backward_neighbor_tables()
 
 
 class Pixels(NamedTuple):
-  """A compacted list of foreground lanes (pixels of the selected tiles)."""
-  lane: jnp.ndarray   # (F,) int32 lane = tile * 64 + row * 8 + col
+  """A compacted list of foreground pixels of the selected tiles, with the
+  links to their 8-neighbours in the list and their coordinates."""
   ok: jnp.ndarray     # (F,) bool
   count: jnp.ndarray  # () int32 foreground pixels (may exceed F: dropped)
+  lane: jnp.ndarray   # (F,) int32 lane = tile * 64 + row * 8 + col
+  other: jnp.ndarray  # (4F,) int32 list index of the W, NW, N, NE
+                      # neighbours (the pixel itself when there is none)
+  y: jnp.ndarray      # (F,) int32 row in the batch entry
+  x: jnp.ndarray      # (F,) int32 column
+  key: jnp.ndarray    # (F,) int32 raster index in the batch
+  group: jnp.ndarray  # (F,) int32 Tiles.group of the pixel's tile
 
 
-def select_pixels(foreground: jnp.ndarray, capacity: int) -> Pixels:
+def select_pixels(tiles: Tiles, foreground: jnp.ndarray,
+                  capacity: int) -> Pixels:
+  """Lists the foreground pixels (cap, 8, 8) of the tiles and links them."""
+  lanes = foreground.size
   lane, count = compact(foreground.reshape(-1), capacity)
-  return Pixels(lane, lane < foreground.size, count)
-
-
-def label(tiles: Tiles, pixels: Pixels) -> jnp.ndarray:
-  """8-connected components of a pixel list.
-
-  Returns (F,) int32: for each listed pixel, the list index of its
-  component's representative, the component's first pixel in list order.
-  """
-  lanes = tiles.ok.shape[0] * LANES
-  size = pixels.lane.shape[0]
-  ids = jnp.arange(size, dtype=jnp.int32)
+  ok = lane < lanes
+  ids = jnp.arange(capacity, dtype=jnp.int32)
   index_of_lane = jnp.full((lanes + 1,), -1, jnp.int32).at[
-      jnp.where(pixels.ok, pixels.lane, lanes + 1)].set(ids, mode='drop')
-  lane = jnp.minimum(pixels.lane, lanes - 1)
+      jnp.where(ok, lane, lanes + 1)].set(ids, mode='drop')
+  lane = jnp.minimum(lane, lanes - 1)
   tile, local = lane // LANES, lane % LANES
   others = []
   for slot, neighbor_lane in _TABLES:
     neighbor_tile = tiles.neighbors[tile, jnp.asarray(slot)[local]]
-    linked = pixels.ok & (neighbor_tile >= 0)
+    linked = ok & (neighbor_tile >= 0)
     other_lane = neighbor_tile * LANES + jnp.asarray(neighbor_lane)[local]
     other = index_of_lane[jnp.where(linked, other_lane, lanes)]
     others.append(jnp.where(other >= 0, other, ids))
-  other = jnp.concatenate(others)
-  source = jnp.tile(ids, len(others))
+  y = tiles.row[tile] * TILE + local // TILE
+  x = tiles.col[tile] * TILE + local % TILE
+  key = (tiles.image[tile] * tiles.height + y) * tiles.width + x
+  return Pixels(ok, count, lane, jnp.concatenate(others), y, x, key,
+                tiles.group[tile])
+
+
+def label(pixels: Pixels, ok: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """8-connected components of the listed pixels (or of those with `ok`).
+
+  Returns (F,) int32: for each pixel, the list index of its component's
+  representative, the component's first pixel in list order.
+  """
+  ok = pixels.ok if ok is None else ok
+  size = ok.shape[0]
+  ids = jnp.arange(size, dtype=jnp.int32)
+  source = jnp.tile(ids, 4)
+  other = jnp.where(ok[source] & ok[pixels.other], pixels.other, source)
 
   def body(state):
     parent, _ = state
@@ -204,31 +235,29 @@ def _exact_mean(high, low, area):
   return whole, (rest % area).astype(jnp.float32) / area.astype(jnp.float32)
 
 
-def components(tiles: Tiles, pixels: Pixels, parent: jnp.ndarray,
+def components(pixels: Pixels, parent: jnp.ndarray,
+               ok: Optional[jnp.ndarray] = None,
                compacted: bool = False) -> Components:
   """Area, centroid and raster key of each component found by `label`.
 
   With `compacted`, the records are moved to the front (in list order, so
   grouped by image), as the matching needs for its targets.
   """
-  size = pixels.lane.shape[0]
-  ok = pixels.ok
-  lane = jnp.minimum(pixels.lane, tiles.ok.shape[0] * LANES - 1)
-  tile, local = lane // LANES, lane % LANES
-  y = tiles.row[tile] * TILE + local // TILE
-  x = tiles.col[tile] * TILE + local % TILE
-  key = (tiles.image[tile] * tiles.height + y) * tiles.width + x
+  ok = pixels.ok if ok is None else ok
+  size = ok.shape[0]
 
   def total(values):
     return jax.ops.segment_sum(jnp.where(ok, values, 0), parent, size)
 
+  y, x = pixels.y, pixels.x
   area = total(jnp.ones_like(y))
-  first = jax.ops.segment_min(jnp.where(ok, key, _INT_MAX), parent, size)
+  first = jax.ops.segment_min(jnp.where(ok, pixels.key, _INT_MAX), parent,
+                              size)
   row, row_frac = _exact_mean(total(y // _SPLIT), total(y % _SPLIT), area)
   col, col_frac = _exact_mean(total(x // _SPLIT), total(x % _SPLIT), area)
   is_root = ok & (parent == jnp.arange(size, dtype=jnp.int32))
   count = jnp.sum(is_root.astype(jnp.int32))
-  records = (tiles.group[tile], first, area, row, row_frac, col, col_frac)
+  records = (pixels.group, first, area, row, row_frac, col, col_frac)
   if not compacted:
     return Components(is_root, count, *records)
   index, _ = compact(is_root, size)
