@@ -40,6 +40,8 @@ Ablations of the paper (all default to the official model):
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -85,6 +87,20 @@ def _upsample2_align_corners(x):
   return layers.upsample_bilinear(x, 2, align_corners=True)
 
 
+def _max_keepdims(x: jax.Array, axis: int) -> jax.Array:
+  """Max over `axis` (kept), with its gradient routed to the argmax.
+
+  This is the gradient of torch's max pooling and `torch.max(dim)`. It is
+  also robust: `jnp.max` finds the maximum's positions for its gradient by
+  comparing the input with the output, and when XLA fuses and recomputes the
+  input inside the jitted backward pass, the comparison can match nowhere and
+  the gradient becomes 0 / 0 = NaN (seen on the deepest, 2x2 level of the
+  TGFM with batch statistics).
+  """
+  index = jnp.argmax(x, axis=axis, keepdims=True)
+  return jnp.take_along_axis(x, index, axis=axis)
+
+
 def _apply(seq, x):
   """Runs an `nnx.List` laid out as a torch `nn.Sequential`."""
   for layer in seq:
@@ -96,14 +112,13 @@ def _apply(seq, x):
 # (torch's kaiming_normal_ is not truncated, nor is jax's 'normal') and a zero
 # bias. The official code applies it to all its convolutions except those
 # inside the TGFM attentions, which keep torch's default init.
-_KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
 def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, *,
           rngs: nnx.Rngs) -> nnx.Conv:
   """Conv2d initialised as the official `weights_init`."""
+  kh, kw = layers._pair(kernel_size)  # pylint: disable=protected-access
+  std = math.sqrt(2.0 / (out_channels * kh * kw))  # kaiming normal, fan_out
   return layers.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                       rngs=rngs, kernel_init=_KAIMING_FAN_OUT,
+                       rngs=rngs, kernel_init=layers.normal_init(std),
                        bias_init=nnx.initializers.zeros_init())
 
 
@@ -272,7 +287,9 @@ class ChannelAttention(nnx.Module):
         layers.Conv2d(hidden, channels, 1, bias=False, rngs=rngs)])
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    max_out = _apply(self.se, jnp.max(x, axis=(1, 2), keepdims=True))
+    b, h, w, c = x.shape
+    spatial_max = _max_keepdims(x.reshape(b, h * w, c), 1)[:, :, None]
+    max_out = _apply(self.se, spatial_max)
     avg_out = _apply(self.se, jnp.mean(x, axis=(1, 2), keepdims=True))
     return jax.nn.sigmoid(max_out + avg_out)
 
@@ -285,7 +302,7 @@ class SpatialAttention(nnx.Module):
                               rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    pooled = jnp.concatenate([jnp.max(x, axis=-1, keepdims=True),
+    pooled = jnp.concatenate([_max_keepdims(x, -1),
                               jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
     return jax.nn.sigmoid(self.conv(pooled))
 
@@ -370,7 +387,9 @@ class GGLNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, TOTAL_STRIDE, 'GGLNet')
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      x = x.astype(jnp.float32)
     grad = gradient_magnitude(x)
     main = grad if self.main_input == 'gradient' else x
     branch = {'gradient': grad, 'image': x, 'none': None}[self.supplementary]
