@@ -1,0 +1,332 @@
+"""Training loop: end to end, resume, devices, hosts, eval mode, failures.
+
+One tiny config (a 4-channel U-Net on 8 synthetic 32x32 crops, 2 steps per
+epoch, 3 epochs) is shared by every case, so the jitted steps compile once
+per module: later runs find them in jax's cache (equal graph definitions).
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from irstd_jax import checkpointing
+from irstd_jax import config_lib
+from irstd_jax import sharding
+from irstd_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The tiny config as a config file: the two-process case runs it through main.
+TINY_CONFIG = '''
+from irstd_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, epochs=3, optimizer='adam')
+  c = config_lib.base_config()
+  c.dataset.name = 'irstd_synthetic'
+  c.dataset.train_split = 'train'
+  c.dataset.options = dict(num_train=8, num_test=3, min_size=48, max_size=64, seed=3)
+  c.input.recipe = 'basicirstd'
+  c.input.crop_size = 32
+  c.input.batch_size = 4
+  c.model.name = 'unet'
+  c.model.options = dict(base_channels=4)
+  c.optimizer.name = arg.optimizer
+  c.optimizer.learning_rate = 1e-2 if arg.optimizer == 'adam' else 0.1
+  c.schedule.num_epochs = arg.epochs
+  c.schedule.decay_epochs = (2,)
+  c.eval.every_epochs = 1
+  c.eval.batch_size = 4
+  c.eval.num_images = 2
+  c.eval.num_overlays = 2
+  c.checkpoint.keep = 1
+  c.log_every_steps = 1
+  return c
+'''
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compilation():
+  """Less XLA optimisation: these tiny steps compile ~2x faster (restored after)."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('configs') / 'tiny.py'
+  path.write_text(TINY_CONFIG)
+  return path
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(config_file, data_dir, arg=None):
+  config = config_lib.load_config(str(config_file), arg)
+  config.dataset.data_dir = data_dir
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(config_file, data_dir, tmp_path_factory):
+  """One uninterrupted run, shared by the cases that inspect its outputs."""
+  config = tiny_config(config_file, data_dir)
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  report = train.train_and_evaluate(config, workdir)
+  return config, workdir, report
+
+
+def read_jsonl(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+def final_state(config, workdir, step=None):
+  """The params, BN statistics and optimizer state of a workdir's checkpoint."""
+  mesh = sharding.create_mesh()
+  model = train.create_model(config)
+  optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
+  _, state = train.make_program(model, optimizer, config, mesh)
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  pure, meta = checkpoints.restore(step or checkpoints.latest_step(), train.to_pure(state))
+  checkpoints.close()
+  return jax.tree.map(np.asarray, pure), meta
+
+
+class Interrupt(Exception):
+  """Stands for a kill: raised from inside the loop."""
+
+
+class FaultyIterator:
+  """Wraps the real training iterator; misbehaves at one batch."""
+
+  def __init__(self, inner, at_batch, fault):
+    self.inner, self.at_batch, self.fault, self.count = inner, at_batch, fault, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.count += 1
+    batch = next(self.inner)
+    if self.count == self.at_batch:
+      if self.fault == 'interrupt':
+        raise Interrupt()
+      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+    return batch
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+  def close(self):
+    self.inner.close()
+
+
+def patch_iterator(monkeypatch, at_batch, fault):
+  real = train.create_train_iterator
+  monkeypatch.setattr(train, 'create_train_iterator',
+                      lambda *a, **k: FaultyIterator(real(*a, **k), at_batch, fault))
+
+
+def test_trains_end_to_end_and_leaves_its_outputs(trained):
+  config, workdir, report = trained
+  assert report['steps'] == 6 and report['final']['epoch'] == 3
+  records = read_jsonl(workdir)
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(losses) == 3 and all(np.isfinite(losses))
+  assert losses[-1] < losses[0]  # lr 1e-2 on 8 images: it learns something.
+  evals = [r for r in records if 'test/miou' in r]
+  assert [r['step'] for r in evals] == [2, 4, 6]
+  for key in ('miou', 'niou', 'f1', 'pd', 'fa', 'auc', 'precision', 'recall'):
+    assert all(np.isfinite(r[f'test/{key}']) for r in evals), key
+  assert len(evals[-1]['test/roc']['tpr']) == 11  # Curves go to the JSONL file.
+  # Best and final, labelled, equal to the logged evaluations.
+  best = max(evals, key=lambda r: (r['test/miou'], r['step']))
+  assert report['best']['step'] == best['step']
+  assert report['best']['metrics']['miou'] == best['test/miou']
+  assert report['final']['metrics']['miou'] == evals[-1]['test/miou']
+  labelled = [r for r in records if 'best/test/miou' in r]
+  assert labelled and labelled[0]['best/epoch'] == report['best']['epoch']
+  # Checkpoints: the latest (keep=1) plus the best.
+  steps = sorted(int(p) for p in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert steps == sorted({6, best['step']})
+  # TensorBoard events with scalars and image panels, PNG overlays, summary.
+  events = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+  assert len(events) == 1
+  tags = read_event_tags(os.path.join(workdir, events[0]))
+  assert {'train/loss', 'test/miou', 'test/fa'} <= tags['scalars']
+  assert any(t.startswith('test/input_mask_prediction') for t in tags['images'])
+  pngs = os.listdir(os.path.join(workdir, 'predictions', 'final_test'))
+  assert len(pngs) == 2 and all(p.endswith('.png') for p in pngs)
+  table = pathlib.Path(workdir, 'summary.md').read_text()
+  assert '| final | 3 |' in table and 'best miou (chosen on test)' in table
+  assert 'Fa (x1e-6)' in table and 'params' in table
+
+
+def read_event_tags(path):
+  """Scalar and image tags of a TensorBoard event file (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  tags = {'scalars': set(), 'images': set()}
+  data = pathlib.Path(path).read_bytes()
+  offset = 0
+  while offset < len(data):
+    length = int.from_bytes(data[offset:offset + 8], 'little')
+    event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+    offset += 12 + length + 4
+    for value in event.summary.value:
+      tags['images' if value.HasField('image') else 'scalars'].add(value.tag)
+  return tags
+
+
+def test_eval_mode_reproduces_the_logged_best_metrics(trained):
+  config, workdir, report = trained
+  result = train.evaluate_checkpoint(config, workdir, checkpoint='best')
+  assert result['step'] == report['best']['step']
+  logged = next(r for r in read_jsonl(workdir)
+                if r.get('step') == result['step'] and 'test/miou' in r)
+  for key in ('miou', 'niou', 'precision', 'recall', 'f1', 'pd', 'fa', 'auc'):
+    np.testing.assert_allclose(result[key], logged[f'test/{key}'], rtol=1e-6, err_msg=key)
+  name = f'eval_test_best_step{result["step"]}.json'
+  assert json.loads(pathlib.Path(workdir, name).read_text())['metrics']['miou'] == result['miou']
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
+                                                        tmp_path, monkeypatch):
+  config, workdir, _ = trained
+  resumed_dir = str(tmp_path / 'resumed')
+  with monkeypatch.context() as patch:
+    patch_iterator(patch, at_batch=4, fault='interrupt')  # Mid-epoch 2.
+    with pytest.raises(Interrupt):
+      train.train_and_evaluate(tiny_config(config_file, data_dir), resumed_dir)
+  checkpoints = checkpointing.Checkpoints(os.path.join(resumed_dir, 'checkpoints'))
+  assert checkpoints.latest_step() == 2
+  checkpoints.close()
+  report = train.train_and_evaluate(tiny_config(config_file, data_dir), resumed_dir)
+  assert report['steps'] == 6
+  expected, _ = final_state(config, workdir)
+  got, meta = final_state(config, resumed_dir)
+  assert meta['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  # The best epoch survives the interruption too.
+  assert report['best']['step'] in (2, 4, 6)
+
+
+def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
+  """Same losses, parameters and batch-norm statistics on 1 and 4 devices.
+
+  With plain SGD: Adam divides by sqrt(v), which turns gradients that are
+  pure rounding noise (a conv bias before batch norm has an analytic gradient
+  of 0) into steps of +-lr, so its parameters differ by reduction order
+  times lr / noise. The sharding under test (global-batch batch norm,
+  all-reduced gradients) is the same for every optimizer.
+  """
+  # (The 4-device step is compiled here once for test_two_processes too.)
+  config = tiny_config(config_file, data_dir, 'optimizer=sgd')
+  assert jax.device_count() == 4, 'conftest.py fakes 4 CPU devices'
+  (source,) = train.load_sources(config, ('train',))
+  iterator = train.create_train_iterator(config, source)
+  batches = [next(iterator) for _ in range(3)]
+  iterator.close()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.create_mesh(devices)
+    model = train.create_model(config)
+    optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
+    program, state = train.make_program(model, optimizer, config, mesh)
+    losses = []
+    for batch in batches:
+      from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+      state, outputs = program.train_step(
+          state, input_pipeline.shard_batch(batch, sharding.batch_sharded(mesh)))
+      losses.append(float(outputs['loss']))
+    results.append((losses, jax.tree.map(np.asarray, train.to_pure(state))))
+  (losses_1, state_1), (losses_4, state_4) = results
+  np.testing.assert_allclose(losses_4, losses_1, rtol=1e-6)
+  assert losses_1[2] != losses_1[0]  # The steps changed the model.
+  # Batch-norm statistics are over the global batch on both meshes.
+  def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, state_4['model'], state_1['model'])
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    config_file, data_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'nan')
+  patch_iterator(monkeypatch, at_batch=3, fault='nan')
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 3.*last good checkpoint '
+                     r'\(step 2\)'):
+    train.train_and_evaluate(tiny_config(config_file, data_dir), workdir)
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  assert checkpoints.all_steps() == [2]
+  checkpoints.close()
+
+
+def test_refuses_to_resume_into_another_model(trained, config_file, data_dir):
+  _, workdir, _ = trained
+  other = tiny_config(config_file, data_dir)
+  other.model.options = dict(base_channels=8)
+  with pytest.raises(train.IncompatibleWorkdirError, match='another model'):
+    train.train_and_evaluate(other, workdir)
+  with pytest.raises(train.IncompatibleWorkdirError, match='another model'):
+    train.evaluate_checkpoint(other, workdir)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together(config_file, data_dir, tmp_path):
+  """Two local processes x 2 CPU devices = one 4-device run (SGD, as above)."""
+  if not sys.platform.startswith('linux'):
+    pytest.skip('jax.distributed on CPU (gloo collectives) is tested on Linux only.')
+  workdir = tmp_path / 'two_processes'
+  port = _free_port()
+  procs = []
+  for process_id in range(2):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+               JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(process_id), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+               JAX_PLATFORMS='cpu')
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'irstd_jax.main', f'--config={config_file}:optimizer=sgd',
+         f'--config.dataset.data_dir={data_dir}', f'--workdir={workdir}'],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = []
+  for proc in procs:
+    try:
+      outputs.append(proc.communicate(timeout=400)[0])
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      pytest.fail('The two processes did not finish in 400 s.')
+  for proc, output in zip(procs, outputs):
+    assert proc.returncode == 0, output[-3000:]
+  assert 'on 4 device(s)' in outputs[0]
+  # The same run in this process, on its 4 devices, gives the same model.
+  config = tiny_config(config_file, data_dir, 'optimizer=sgd')
+  single_dir = str(tmp_path / 'single')
+  train.train_and_evaluate(config, single_dir)
+  got, meta = final_state(config, str(workdir))
+  expected, _ = final_state(config, single_dir)
+  assert meta['step'] == 6
+  def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, got['model'], expected['model'])
