@@ -93,6 +93,20 @@ def test_parameter_count(model):
   assert gglnet.GGLNet.TORCH_UNUSED == ()
 
 
+def test_initialisation_follows_official_code():
+  """Kaiming normal (fan_out) and zero bias, torch's default in the attentions."""
+  model = models.build('gglnet')
+  assert models.count_params(model) == OFFICIAL_PARAMS
+  conv = model.stage.resnet5_2.layer1[0]  # 3x3, 256 -> 256
+  np.testing.assert_allclose(np.std(conv.kernel[...]), np.sqrt(2 / (256 * 9)),
+                             rtol=0.02)
+  assert not np.any(conv.bias[...])
+  attention = model.sbam4.hl_layer_2.se[0].kernel[...]  # 1x1, 128 -> 16
+  bound = 1 / np.sqrt(128)
+  assert np.abs(attention).max() <= bound
+  np.testing.assert_allclose(np.std(attention), bound / np.sqrt(3), rtol=0.05)
+
+
 def test_eval_output(model, fixture):
   model.eval()
   logits = nnx.jit(lambda m, x: m(x))(model, _nhwc(fixture['eval_input']))
@@ -168,21 +182,16 @@ def test_gradient_magnitude():
                              expected, rtol=1e-6, atol=1e-7)
 
 
-def _random_weights(model, seed=0):
-  """Gives an abstract model (nnx.eval_shape) random values on the host.
+def test_attention_max_gradient_goes_to_one_element():
+  """As torch's max pooling / torch.max(dim): the argmax gets the whole gradient.
 
-  A real initialisation compiles one random-number kernel per parameter
-  shape (tens of seconds on the CPU); ablation tests only need values.
+  (jnp.max would split it between ties, and its equality-based gradient went
+  NaN under jit in the full network.)
   """
-  rng = np.random.default_rng(seed)
-  for path, variable in nnx.to_flat_state(nnx.state(model)):
-    shape = variable.get_value().shape
-    if path[-1] == 'var':
-      value = 1.0 + rng.random(shape)
-    else:
-      value = 0.1 * rng.standard_normal(shape)
-    variable.set_value(jnp.asarray(value, jnp.float32))
-  return model
+  x = jnp.asarray([[1.0, 3.0, 3.0, 2.0]])
+  grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
 
 
 # Three variants covering every ablation option of the paper.
@@ -198,8 +207,7 @@ ABLATIONS = {
 @pytest.fixture(scope='module', params=list(ABLATIONS))
 def ablation(request):
   options = ABLATIONS[request.param]
-  model = nnx.eval_shape(lambda: models.build('gglnet', **options))
-  return options, _random_weights(model)
+  return options, models.build('gglnet', **options)
 
 
 def test_ablation_runs(ablation):

@@ -108,15 +108,15 @@ def _apply(seq, x):
   return x
 
 
-# The official `weights_init`: kaiming normal with fan_out = out * kh * kw
-# (torch's kaiming_normal_ is not truncated, nor is jax's 'normal') and a zero
-# bias. The official code applies it to all its convolutions except those
-# inside the TGFM attentions, which keep torch's default init.
 def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, *,
           rngs: nnx.Rngs) -> nnx.Conv:
-  """Conv2d initialised as the official `weights_init`."""
-  kh, kw = layers._pair(kernel_size)  # pylint: disable=protected-access
-  std = math.sqrt(2.0 / (out_channels * kh * kw))  # kaiming normal, fan_out
+  """Conv2d initialised as the official `weights_init`.
+
+  That is kaiming normal (untruncated) with fan_out = out * kh * kw and a zero
+  bias, which the official code applies to all its convolutions except those
+  inside the TGFM attentions (torch's default init there).
+  """
+  std = math.sqrt(2.0 / (out_channels * kernel_size * kernel_size))
   return layers.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                        rngs=rngs, kernel_init=layers.normal_init(std),
                        bias_init=nnx.initializers.zeros_init())
