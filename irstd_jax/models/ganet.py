@@ -15,13 +15,11 @@ of our output.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from irstd_jax.models import layers
@@ -29,28 +27,6 @@ from irstd_jax.models import layers
 # The eight neighbours, as (row, col) in a 3x3 window, in the official order:
 # four from the top-left clockwise to the right, then their point reflections.
 _NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
-
-
-@functools.lru_cache(maxsize=32)
-def _difference_kernel(channels: int) -> np.ndarray:
-  """HWIO kernel of a grouped conv giving centre minus each of 8 neighbours.
-
-  With `feature_group_count=channels`, output channel `c * 8 + k` is channel
-  `c` of the input minus its k-th neighbour (the official code concatenates
-  them as `k * channels + c` instead; the key / value weights are permuted to
-  match rather than the much larger activations).
-  """
-  kernel = np.zeros((3, 3, 1, channels, 8), np.float32)
-  kernel[1, 1] = 1.0
-  for k, (row, col) in enumerate(_NEIGHBOURS):
-    kernel[row, col, 0, :, k] = -1.0
-  return kernel.reshape(3, 3, 1, channels * 8)
-
-
-def _neighbour_major_to_channel_major(kernel: jax.Array, channels: int) -> jax.Array:
-  """Reorders the input rows of a (8 * C, O) matrix from `k * C + c` to `c * 8 + k`."""
-  out = kernel.shape[-1]
-  return kernel.reshape(8, channels, out).transpose(1, 0, 2).reshape(8 * channels, out)
 
 
 def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
@@ -159,15 +135,18 @@ class GradFormer(nnx.Module):
   def differences(self, x: jax.Array, dilation: int) -> jax.Array:
     """(B, H, W, 8C): x minus its 8 neighbours at `dilation`, zero padded.
 
-    Channel `c * 8 + k` holds input channel c minus neighbour k.
+    Channel `k * C + c` holds input channel c minus neighbour k, the official
+    order. Shifted slices of the padded input rather than the official fixed
+    grouped convolution: XLA fuses them into one elementwise loop, while on
+    CPU the grouped dilated convolution (and above all its transpose in the
+    backward pass) took most of a GaNet train step (benchmarks/, issue 6).
     """
-    kernel = jnp.asarray(_difference_kernel(self.channels), x.dtype)
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1),
-        padding=((dilation, dilation), (dilation, dilation)),
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=self.channels)
+    _, h, w, _ = x.shape
+    d = dilation
+    padded = jnp.pad(x, ((0, 0), (d, d), (d, d), (0, 0)))
+    return jnp.concatenate(
+        [x - padded[:, row * d:row * d + h, col * d:col * d + w, :]
+         for row, col in _NEIGHBOURS], axis=-1)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
@@ -187,9 +166,9 @@ class GradFormer(nnx.Module):
     for dilation, key_conv, value_conv in zip(
         self.dilations, self.key_convs, self.value_convs):
       diffs = self.differences(x, dilation)
-      wk = _neighbour_major_to_channel_major(_conv1x1_kernel(key_conv), c)
-      wv = _neighbour_major_to_channel_major(_conv1x1_kernel(value_conv), c)
-      kv = jnp.einsum('bhwc,cn->bhwn', diffs, jnp.concatenate([wk, wv], axis=-1))
+      wkv = jnp.concatenate(
+          [_conv1x1_kernel(key_conv), _conv1x1_kernel(value_conv)], axis=-1)
+      kv = jnp.einsum('bhwc,cn->bhwn', diffs, wkv)
       keys.append(kv[..., :8 * hidden])
       values.append(kv[..., 8 * hidden:])
     # The same memory reinterpretation as for the queries.
