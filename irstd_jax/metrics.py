@@ -384,7 +384,7 @@ def _check_image(index: int, pred, mask):
                      'logits.')
   if mask.dtype != bool:
     top = mask.max()
-    if top not in (0, 1, 255) or (np.count_nonzero(mask) !=
+    if top not in (0, 1, 255) or (top and np.count_nonzero(mask) !=
                                   np.count_nonzero(mask == top)):
       values = np.unique(mask)
       raise ValueError(f'Image {index}: mask values must be {{0, 1}} or '

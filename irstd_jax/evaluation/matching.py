@@ -8,7 +8,9 @@ that wants it, every target proposes its earliest available candidate, and a
 pair is committed when both choices agree. The earliest uncommitted target of
 an image always commits, and a committed pair is one the sequential walk makes
 too (no earlier target can still reach that component), so the result is the
-reference's. Usually a single round suffices.
+reference's. Usually a single round suffices. A prediction only looks at the
+targets of its own image whose centroid row is within 3 rows of its own
+(targets sorted by image and row, found by binary search).
 """
 
 from jax import lax
@@ -22,17 +24,47 @@ _INT_MAX = np.iinfo(np.int32).max
 MAX_DISTANCE = 3.0
 
 
+def _search(values, low, high, value, strict):
+  """Vectorized binary search in sorted `values[low:high]` (per lane).
+
+  Returns the first index whose value is >= `value` (> with `strict`).
+  """
+  size = values.shape[0]
+
+  def step(_, bounds):
+    low, high = bounds
+    middle = (low + high) // 2
+    probe = values[jnp.minimum(middle, size - 1)]
+    right = (middle < high) & ((probe <= value) if strict else (probe < value))
+    return jnp.where(right, middle + 1, low), jnp.where(right, high, middle)
+
+  low, _ = lax.fori_loop(0, max(size, 1).bit_length() + 1, step, (low, high))
+  return low
+
+
 def greedy_match(predicted: components_lib.Components,
                  targets: components_lib.Components, num_images: int):
   """Returns (number of matched targets, pixels of matched predictions)."""
   num_targets = targets.ok.shape[0]
+  # Targets sorted by image, then by the floor of their centroid's row: a
+  # prediction only has to look at the targets of its image within 3 rows.
+  image_key = jnp.where(targets.ok, targets.image, _INT_MAX)
+  _, _, order = lax.sort(
+      (image_key, targets.row, jnp.arange(num_targets, dtype=jnp.int32)),
+      num_keys=2)
+  targets = components_lib.Components(
+      targets.ok[order], targets.count, *(f[order] for f in targets[2:]))
   per_image = jnp.zeros((num_images,), jnp.int32).at[targets.image].add(
       targets.ok.astype(jnp.int32))
   start = jnp.cumsum(per_image) - per_image
-  # Predicted components only ever meet the targets of their own image.
-  first = start[predicted.image]
-  available_targets = per_image[predicted.image]
-  steps = jnp.max(jnp.where(predicted.ok, available_targets, 0))
+  group_start = start[predicted.image]
+  group_end = group_start + per_image[predicted.image]
+  first = _search(targets.row, group_start, group_end, predicted.row - 3,
+                  strict=False)
+  last = _search(targets.row, group_start, group_end, predicted.row + 3,
+                 strict=True)
+  available_targets = jnp.where(predicted.ok, last - first, 0)
+  steps = jnp.max(available_targets)
 
   def candidates(j, available, committed):
     target = jnp.minimum(first + j, num_targets - 1)
