@@ -54,7 +54,21 @@ def markdown(results: dict) -> str:
       lines.append(
           f"| {short_device} | {label} | {name} ({fig['unit']}, {fig['better']} is "
           f"better) | {_fmt(fig['jax'])} | {_fmt(fig['torch'])} | {_ratio_cell(fig)} |")
+  m = results.get('metrics_evaluation')
+  if m and 'error' not in m:
+    lines.append(
+        f"| {short_device} | metrics | evaluation throughput, all metrics, "
+        f"{m['images']} maps of mixed sizes (images/s, higher is better) | "
+        f"{_fmt(m['images_per_s'])} | — | — |")
   notes = []
+  if m and 'error' in m:
+    notes.append(f"- metrics evaluation not measured: {m['error']}")
+  elif m:
+    notes.append(
+        f"- metrics: first call {m['first_call_s']:.1f} s with "
+        f"{m['compilations_first_call']} compilations, "
+        f"{m['compilations_later_calls']} compilations in later calls; "
+        f"{m['megapixels_per_s']:.1f} Mpixel/s.")
   for case in results['cases']:
     comp = case['compilations']
     note = (f"{case['model']} {case['size']}²: {comp['setup']} compilations at "

@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
                  help='JAX compute dtype (parameters, Adam and batch-norm '
                  'statistics stay float32).')
+  p.add_argument('--skip-metrics', action='store_true',
+                 help='do not time irstd_jax.metrics.evaluate.')
   p.add_argument('--quick', action='store_true',
                  help='few repeats and a small matmul (a smoke run, not a '
                  'measurement).')
@@ -245,6 +247,51 @@ def measure_peak(args, with_torch: bool) -> dict:
           'timings': {k: v.to_json() for k, v in samples.items()}}
 
 
+def measure_metrics(args) -> dict:
+  """Throughput of `irstd_jax.metrics.evaluate` on a synthetic mixed-size set.
+
+  The owner's own, finer benchmark is benchmarks/metrics_benchmark.py; this
+  figure is the end-to-end call a user makes after inference: all metrics
+  (IoU, nIoU, P/R/F1, Pd/Fa, ROC) of a set of probability maps. The official
+  repositories compute them in NumPy / PyTorch loops, not timed here.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
+  try:
+    from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return {'error': f'irstd_jax.metrics unavailable: {e}'}
+  rng = np.random.default_rng(0)
+  count = 8 if args.quick else 64
+  sizes = [(256, 256), (240, 320), (512, 512), (221, 317)]
+  preds, masks = [], []
+  for i in range(count):
+    h, w = sizes[i % len(sizes)]
+    mask = np.zeros((h, w), np.float32)
+    for _ in range(3):  # a few small targets
+      y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
+      mask[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = 1
+    pred = np.clip(0.8 * mask + 0.3 * rng.random((h, w)), 0, 1).astype(np.float32)
+    preds.append(pred)
+    masks.append(mask)
+  pixels = sum(p.size for p in preds)
+  try:
+    with jax_side.count_compilations() as compiles:
+      first = timing.time_call(lambda: metrics.evaluate(preds, masks))[0]
+      first_compiles = len(compiles)
+      samples = timing.interleaved(
+          {'jax': lambda: metrics.evaluate(preds, masks)},
+          repeats=2 if args.quick else 5, warmup=0)['jax']
+  except Exception as e:  # pylint: disable=broad-except
+    return {'error': f'{type(e).__name__}: {e}'}
+  return {'images': count, 'sizes': sizes, 'megapixels': pixels / 1e6,
+          'first_call_s': first, 'compilations_first_call': first_compiles,
+          'compilations_later_calls': len(compiles) - first_compiles,
+          'images_per_s': count / samples.median,
+          'megapixels_per_s': pixels / 1e6 / samples.median,
+          'timings': samples.to_json()}
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   threads = timing.limit_threads(args.threads or None)
@@ -269,6 +316,8 @@ def main(argv=None) -> dict:
       case['wall_s'] = time.perf_counter() - start
       results['cases'].append(case)
       print(report.case_summary(case), flush=True)
+  if not args.skip_metrics:
+    results['metrics_evaluation'] = measure_metrics(args)
   results['environment']['load_average_end'] = timing.load_average()
 
   out = pathlib.Path(args.out)
