@@ -220,35 +220,27 @@ def _auc(fpr, tpr) -> float:
 # ---------------------------------------------------------------------------
 # Whole sets of 2-D maps.
 
-_STATIC = ('threshold', 'roc', 'curve', 'relative')
+# The staged functions of `evaluate` take thresholds as traced arrays, so that
+# new threshold values do not recompile anything.
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('num_images',))
+@functools.partial(jax.jit, static_argnames=('num_images', 'relative'))
 def _summarize(probs, has_mask, valid_count, tile_image, num_images, threshold,
-               roc, curve, relative):
+               roc, pd_fa, relative):
   grid = batch_lib.grid_from_extrema(probs, has_mask, valid_count, relative)
-  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
-  return batch_lib.summarize(
-      grid, tile_image, num_images, jnp.float32(threshold),
-      jnp.asarray(roc, jnp.float32).reshape(-1), pd_fa, relative)
+  return batch_lib.summarize(grid, tile_image, num_images, threshold, roc,
+                             pd_fa, relative)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('capacity',))
+@functools.partial(jax.jit, static_argnames=('capacity', 'relative'))
 def _gather_and_count(probs, masks, tile_image, tile_order, boxes, active,
-                      image_max, capacity, threshold, roc, curve, relative):
+                      image_max, capacity, threshold, roc, pd_fa, relative):
   lanes = batch_lib.gather(probs, masks, tile_image, active, capacity,
                            image_max, boxes=boxes, order=tile_order)
-  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
-  return lanes, batch_lib.count_lanes(
-      lanes, jnp.float32(threshold), jnp.asarray(roc, jnp.float32).reshape(-1),
-      pd_fa, relative)
+  return lanes, batch_lib.count_lanes(lanes, threshold, roc, pd_fa, relative)
 
 
-@functools.partial(jax.jit, static_argnames=('threshold', 'curve', 'relative',
-                                             'capacity'))
-def _pd_fa(lanes, threshold, curve, relative, capacity):
-  pd_fa, _ = batch_lib.pd_fa_thresholds(threshold, curve)
-  return batch_lib.pd_fa(lanes, pd_fa, relative, capacity)
+_pd_fa = jax.jit(batch_lib.pd_fa, static_argnames=('relative', 'capacity'))
 
 
 @functools.partial(jax.jit, static_argnames=('shared',))
@@ -266,21 +258,24 @@ def _evaluate_batch(stats, canvas, threshold, relative):
   Each stage then compiles once per shape or capacity (powers of two), and
   only for the capacities the data needs.
   """
-  static = dict(threshold=threshold, roc=stats.roc_thresholds,
-                curve=stats.pd_fa_thresholds, relative=relative)
+  curve = stats.pd_fa_thresholds
+  shared = curve.index(threshold) if threshold in curve else None
+  pd_fa = np.asarray(curve if shared is not None else (threshold,) + curve,
+                     np.float32)
+  values = dict(threshold=np.float32(threshold),
+                roc=np.asarray(stats.roc_thresholds, np.float32), pd_fa=pd_fa)
   summary = _summarize(canvas.probs, canvas.has_mask, canvas.valid_count,
-                       canvas.tile_image, canvas.boxes.shape[0], **static)
+                       canvas.tile_image, canvas.boxes.shape[0],
+                       relative=relative, **values)
   capacity = _power_of_two(int(summary.count), batch_lib.MIN_CAPACITY,
                            summary.active.size)
   lanes, counted = _gather_and_count(
       canvas.probs, canvas.masks, canvas.tile_image, canvas.tile_order,
-      canvas.boxes,
-      summary.active, summary.image_max, capacity=capacity, **static)
+      canvas.boxes, summary.active, summary.image_max, capacity=capacity,
+      relative=relative, **values)
   pixels = _power_of_two(int(np.max(counted['foreground'])), 256,
                          capacity * batch_lib.LANES)
-  found = _pd_fa(lanes, threshold, stats.pd_fa_thresholds, relative,
-                 capacity=pixels)
-  _, shared = batch_lib.pd_fa_thresholds(threshold, stats.pd_fa_thresholds)
+  found = _pd_fa(lanes, pd_fa, relative=relative, capacity=pixels)
   return _combine(stats, summary, lanes, counted, found, shared=shared)
 
 

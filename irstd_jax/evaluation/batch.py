@@ -300,27 +300,37 @@ def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
   """Targets, matched targets and false-alarm pixels at each threshold.
 
   `capacity` must hold the mask's foreground pixels and those of the lowest
-  threshold; higher thresholds select subsets of the latter's list.
+  threshold; higher thresholds select subsets of the latter's list. The mask
+  and every threshold go through one `lax.map` body, so that labelling and
+  component statistics compile once.
   """
   tiles = lanes.tiles
-  mask = components_lib.select_pixels(tiles, lanes.mask, capacity)
-  targets = components_lib.components(
-      mask, components_lib.label(mask), compacted=True)
   score = lanes.probs / lanes.scale[:, None, None] if relative else lanes.probs
-  lowest = jnp.min(thresholds)
-  base = components_lib.select_pixels(tiles, (score > lowest) & lanes.valid,
-                                      capacity)
+  sources = jnp.stack([lanes.mask,
+                       (score > jnp.min(thresholds)) & lanes.valid])
+  lists = lax.map(functools.partial(components_lib.select_pixels, tiles,
+                                    capacity=capacity), sources)
+  mask, base = (jax.tree.map(lambda a, i=i: a[i], lists) for i in (0, 1))
   base_score = score.reshape(-1)[base.lane]
+  selected = jnp.concatenate([
+      mask.ok[None], base.ok[None] & (base_score[None] > thresholds[:, None])])
+
+  def label(args):
+    index, ok = args
+    pixels = jax.tree.map(lambda m, b: jnp.where(index == 0, m, b), mask,
+                          base)
+    return components_lib.components(
+        pixels, components_lib.label(pixels, ok), ok, compacted=True)
+
+  layers = lax.map(label, (jnp.arange(selected.shape[0]), selected))
+  targets = jax.tree.map(lambda a: a[0], layers)
+  predicted = jax.tree.map(lambda a: a[1:], layers)
   groups = tiles.ok.shape[0]
-
-  def at(t):
-    ok = base.ok & (base_score > t)
-    found = components_lib.components(base, components_lib.label(base, ok), ok)
-    hits, hit_pixels = matching.greedy_match(found, targets, groups)
-    return hits, jnp.sum(ok.astype(jnp.int32)) - hit_pixels
-
-  matched, fa_pixels = lax.map(at, thresholds)
-  return dict(targets=targets.count, matched=matched, fa_pixels=fa_pixels)
+  matched, hit_pixels = lax.map(
+      lambda found: matching.greedy_match(found, targets, groups), predicted)
+  foreground = jnp.sum(selected[1:].astype(jnp.int32), axis=1)
+  return dict(targets=targets.count, matched=matched,
+              fa_pixels=foreground - hit_pixels)
 
 
 def combine(summary: Summary, lanes: Lanes, counted: dict, found: dict,
