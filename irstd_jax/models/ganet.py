@@ -15,11 +15,13 @@ of our output.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from irstd_jax.models import layers
@@ -27,6 +29,16 @@ from irstd_jax.models import layers
 # The eight neighbours, as (row, col) in a 3x3 window, in the official order:
 # four from the top-left clockwise to the right, then their point reflections.
 _NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
+
+
+@functools.lru_cache(maxsize=32)
+def _difference_kernel(channels: int) -> np.ndarray:
+  """HWIO kernel (3, 3, 1, 8C) of the fixed centre-minus-neighbour conv."""
+  kernel = np.zeros((3, 3, 1, channels, 8), np.float32)
+  kernel[1, 1] = 1.0
+  for k, (row, col) in enumerate(_NEIGHBOURS):
+    kernel[row, col, 0, :, k] -= 1.0
+  return kernel.reshape(3, 3, 1, channels * 8)
 
 
 def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
@@ -99,7 +111,8 @@ class GradFormer(nnx.Module):
   """Gradient attention on a skip connection (`ExpansionContrastModule`).
 
   Per head (one per dilation d): the eight centre-minus-neighbour differences
-  at distance d, from one fixed grouped convolution; queries from the input,
+  at distance d (shifted slices, or one fixed grouped dilated convolution
+  per head with `difference_op='conv'`; equal results); queries from the input,
   keys and values from the differences (1x1 convs); L2-normalised over pixels,
   a (C/heads x 8C/heads) attention matrix per head, divided by
   sqrt(area), instance-normalised, soft-maxed, applied to the values; then a
@@ -108,7 +121,12 @@ class GradFormer(nnx.Module):
   """
 
   def __init__(self, channels: int, width: int, height: int,
-               dilations: Sequence[int], *, rngs: nnx.Rngs):
+               dilations: Sequence[int], difference_op: str = 'slices', *,
+               rngs: nnx.Rngs):
+    if difference_op not in ('slices', 'conv'):
+      raise ValueError(
+          f"difference_op must be 'slices' or 'conv', got {difference_op!r}.")
+    self.difference_op = difference_op
     num_heads = len(dilations)
     if channels % num_heads:
       raise ValueError(
@@ -141,8 +159,17 @@ class GradFormer(nnx.Module):
     CPU the grouped dilated convolution (and above all its transpose in the
     backward pass) took most of a GaNet train step (benchmarks/, issue 6).
     """
-    _, h, w, _ = x.shape
+    _, h, w, c = x.shape
     d = dilation
+    if self.difference_op == 'conv':
+      # One grouped dilated convolution: group c gives channels c * 8 + k.
+      kernel = jnp.asarray(_difference_kernel(c), x.dtype)
+      diffs = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=((d, d), (d, d)),
+          rhs_dilation=(d, d), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=c)
+      return diffs.reshape(*diffs.shape[:-1], c, 8).swapaxes(-1, -2).reshape(
+          diffs.shape)
     padded = jnp.pad(x, ((0, 0), (d, d), (d, d), (0, 0)))
     return jnp.concatenate(
         [x - padded[:, row * d:row * d + h, col * d:col * d + w, :]
@@ -273,8 +300,8 @@ class GaNet(nnx.Module):
 
   def __init__(self, in_channels: int = 1, dilations: Sequence[int] = (1, 3),
                use_gradformer: bool = True, use_gfem: bool = True,
-               img_size: int = 256, base_channels: int = 16, *,
-               rngs: nnx.Rngs):
+               img_size: int = 256, base_channels: int = 16,
+               difference_op: str = 'slices', *, rngs: nnx.Rngs):
     dilations = tuple(int(d) for d in dilations)
     if not dilations or min(dilations) < 1:
       raise ValueError(f'dilations must be positive integers, got {dilations}.')
@@ -291,7 +318,8 @@ class GaNet(nnx.Module):
     if use_gradformer:
       def gradformer(scale):
         size = img_size // scale
-        return GradFormer(ch * scale, size, size, dilations, rngs=rngs)
+        return GradFormer(ch * scale, size, size, dilations,
+                          difference_op=difference_op, rngs=rngs)
       self.contras1 = gradformer(1)
       self.contras2 = gradformer(2)
       self.contras3 = gradformer(4)
