@@ -111,7 +111,8 @@ def update(stats: MetricStats, probs, masks, valid, threshold=0.5, *,
 
   Args:
     stats: from `init` or a previous `update`.
-    probs: (B, H, W) probabilities in [0, 1] (NaN counts as negative).
+    probs: (B, H, W) probabilities in [0, 1], no NaN (not checked here:
+      the counts are then undefined; `evaluate` rejects NaN).
     masks: (B, H, W) masks, {0, 1} or {0, 255}, any dtype.
     valid: (B, H, W) bool; False marks padding (and whole padded batch
       entries): such pixels count nowhere, never form or join components, and
@@ -227,9 +228,13 @@ def _auc(fpr, tpr) -> float:
 @functools.partial(jax.jit, static_argnames=('num_images', 'relative'))
 def _summarize(probs, has_mask, valid_count, tile_image, num_images, threshold,
                roc, pd_fa, relative):
+  """The dense pass, and which images hold values outside [0, 1]."""
   grid = batch_lib.grid_from_extrema(probs, has_mask, valid_count, relative)
+  bad = ((grid.max > 1) | (grid.min < 0)) & (valid_count > 0)
+  bad = jnp.zeros((num_images,), bool).at[
+      jnp.where(tile_image >= 0, tile_image, num_images)].max(bad, mode='drop')
   return batch_lib.summarize(grid, tile_image, num_images, threshold, roc,
-                             pd_fa, relative)
+                             pd_fa, relative), bad
 
 
 @functools.partial(jax.jit, static_argnames=('capacity', 'relative'))
@@ -252,7 +257,7 @@ def _power_of_two(n: int, low: int, high: int) -> int:
   return min(max(1 << max(n - 1, 0).bit_length(), low), high)
 
 
-def _evaluate_batch(stats, canvas, threshold, relative):
+def _evaluate_batch(stats, canvas, members, preds, threshold, relative):
   """`update` in stages, with capacities chosen on the host.
 
   Each stage then compiles once per shape or capacity (powers of two), and
@@ -264,15 +269,20 @@ def _evaluate_batch(stats, canvas, threshold, relative):
                      np.float32)
   values = dict(threshold=np.float32(threshold),
                 roc=np.asarray(stats.roc_thresholds, np.float32), pd_fa=pd_fa)
-  summary = _summarize(canvas.probs, canvas.has_mask, canvas.valid_count,
-                       canvas.tile_image, canvas.boxes.shape[0],
-                       relative=relative, **values)
+  summary, bad = _summarize(canvas.probs, canvas.has_mask, canvas.valid_count,
+                            canvas.tile_image, canvas.boxes.shape[0],
+                            relative=relative, **values)
+  bad = np.flatnonzero(np.asarray(bad)[:len(members)])
+  if bad.size:
+    index = members[bad[0]]
+    _check_values(index, preds[index])
   capacity = _power_of_two(int(summary.count), batch_lib.MIN_CAPACITY,
                            summary.active.size)
   lanes, counted = _gather_and_count(
       canvas.probs, canvas.masks, canvas.tile_image, canvas.tile_order,
       canvas.boxes, summary.active, summary.image_max, capacity=capacity,
       relative=relative, **values)
+  # Reading `counted` also waits for the last stage that reads the canvas.
   pixels = _power_of_two(int(np.max(counted['foreground'])), 256,
                          capacity * batch_lib.LANES)
   found = _pd_fa(lanes, pd_fa, relative=relative, capacity=pixels)
@@ -290,42 +300,62 @@ class _Canvas(NamedTuple):
   boxes: np.ndarray        # (images, 4) int32 top, left, height, width
 
 
-def _paint(images, places, batch, height, width, num_images) -> _Canvas:
+def _paint(images, places, probs, masks, num_images) -> _Canvas:
+  """Packs images into the reused host buffers `probs` and `masks`.
+
+  Pixels outside the images keep stale values: they lie in tiles of no
+  image, which are never read.
+  """
   tile = batch_lib.TILE
-  grid = (batch, height // tile, width // tile)
-  canvas = _Canvas(np.zeros((batch, height, width), np.float32),
-                   np.zeros((batch, height, width), bool),
-                   np.full(grid, -1, np.int32), None, np.zeros(grid, bool),
-                   np.zeros(grid, np.int32), np.zeros((num_images, 4),
-                                                      np.int32))
+  grid = (probs.shape[0], probs.shape[1] // tile, probs.shape[2] // tile)
+  tile_image = np.full(grid, -1, np.int32)
+  has_mask = np.zeros(grid, bool)
+  valid_count = np.zeros(grid, np.int32)
+  boxes = np.zeros((num_images, 4), np.int32)
   for k, ((pred, mask), (c, top, left)) in enumerate(zip(images, places)):
     h, w = pred.shape
     bottom, right = _round_up(top + h), _round_up(left + w)
-    canvas.probs[c, top:top + h, left:left + w] = pred
+    probs[c, top:top + h, left:left + w] = pred
     # Repeat the last row and column up to the tile boundary, so that tile
     # extrema only see the image's own values.
-    canvas.probs[c, top + h:bottom, left:left + w] = pred[-1]
-    canvas.probs[c, top:bottom, left + w:right] = canvas.probs[
-        c, top:bottom, left + w - 1:left + w]
-    canvas.masks[c, top:top + h, left:left + w] = mask
+    probs[c, top + h:bottom, left:left + w] = pred[-1]
+    probs[c, top:bottom, left + w:right] = probs[c, top:bottom,
+                                                 left + w - 1:left + w]
+    masks[c, top:top + h, left:left + w] = mask
     rows = slice(top // tile, bottom // tile)
     cols = slice(left // tile, right // tile)
-    canvas.tile_image[c, rows, cols] = k
+    tile_image[c, rows, cols] = k
     row_count = np.minimum(tile, top + h - np.arange(top, bottom, tile))
     col_count = np.minimum(tile, left + w - np.arange(left, right, tile))
-    canvas.valid_count[c, rows, cols] = np.outer(row_count, col_count)
-    ys, xs = np.nonzero(mask)
-    canvas.has_mask[c, (top + ys) // tile, (left + xs) // tile] = True
-    canvas.boxes[k] = (top, left, h, w)
-  owners = canvas.tile_image.reshape(-1)
+    valid_count[c, rows, cols] = np.outer(row_count, col_count)
+    flat = np.flatnonzero(mask)  # much faster than np.nonzero on sparse masks
+    has_mask[c, (top + flat // w) // tile, (left + flat % w) // tile] = True
+    boxes[k] = (top, left, h, w)
+  owners = tile_image.reshape(-1)
   order = np.argsort(np.where(owners < 0, num_images, owners), kind='stable')
-  return canvas._replace(tile_order=order.astype(np.int32))
+  # On CPU the big buffers are aliased, not copied (see _aligned_zeros); the
+  # small ones are transferred once per batch, shared by the stages.
+  return _Canvas(jax.device_put(probs, may_alias=True),
+                 jax.device_put(masks, may_alias=True),
+                 *jax.device_put((tile_image, order.astype(np.int32),
+                                  has_mask, valid_count, boxes)))
 
 
-# Images are packed into canvases of at least this side, 4 px apart (more
-# than the 3 px matching radius, so nothing crosses between images).
+def _aligned_zeros(shape, dtype) -> np.ndarray:
+  """Zeros on a 64-byte boundary: XLA:CPU can then alias the host buffer.
+
+  `evaluate` refills the buffer for the next batch only after the stages
+  that read it have been synchronized.
+  """
+  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  raw = np.zeros(size + 64, np.uint8)
+  start = -raw.ctypes.data % 64
+  return raw[start:start + size].view(dtype).reshape(shape)
+
+
+# Images are packed into canvases of at least this side, each starting on a
+# tile boundary (tiles belong to one image, so nothing crosses between them).
 _CANVAS = 1024
-_GAP = 4
 
 
 def _bucket(size: int) -> int:
@@ -348,11 +378,11 @@ def _pack(shapes, height, width):
   for i in order:
     h, w = shapes[i]
     if left and left + w > width:
-      top, left, shelf = _round_up(top + shelf + _GAP - 1), 0, 0
+      top, left, shelf = _round_up(top + shelf), 0, 0
     if top + h > height:
       canvas, top, left, shelf = canvas + 1, 0, 0, 0
     places[i] = (canvas, top, left)
-    left = _round_up(left + w + _GAP - 1)
+    left = _round_up(left + w)
     shelf = max(shelf, h)
   return places
 
@@ -370,13 +400,11 @@ def _check_image(index: int, pred, mask):
   if not pred.size:
     raise ValueError(f'Image {index} is empty: shape {pred.shape}.')
   pred = pred.astype(np.float32, copy=False)
-  low, high = pred.min(), pred.max()
-  if np.isnan(low) or np.isnan(high):
-    raise ValueError(f'Image {index}: the prediction contains NaN.')
-  if low < 0 or high > 1:
-    raise ValueError(f'Image {index}: prediction values must be probabilities '
-                     f'in [0, 1], got [{low}, {high}]; apply a sigmoid to '
-                     'logits.')
+  # One pass: a NaN makes the sum NaN (XLA:CPU's min / max may drop NaN, so
+  # only the [0, 1] range is checked on the device, see _summarize).
+  if np.isnan(np.sum(pred)):
+    if np.isnan(pred).any():
+      raise ValueError(f'Image {index}: the prediction contains NaN.')
   if mask.dtype != bool:
     top = mask.max()
     if top not in (0, 1, 255) or (top and np.count_nonzero(mask) !=
@@ -384,7 +412,16 @@ def _check_image(index: int, pred, mask):
       values = np.unique(mask)
       raise ValueError(f'Image {index}: mask values must be {{0, 1}} or '
                        f'{{0, 255}}, got {values[:10].tolist()}.')
+    mask = mask != 0
   return pred, mask
+
+
+def _check_values(index: int, pred):
+  pred = np.asarray(pred, np.float32)
+  low, high = pred.min(), pred.max()
+  raise ValueError(f'Image {index}: prediction values must be probabilities '
+                   f'in [0, 1], got [{low}, {high}]; apply a sigmoid to '
+                   'logits.')
 
 
 def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
@@ -394,9 +431,10 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
              batch_pixels: int = 1 << 22) -> dict:
   """Metrics of a whole set of 2-D maps of possibly different sizes.
 
-  Images are packed into canvases (at least 1024x1024, 4 px apart, the gaps
-  marked invalid) and evaluated in jitted batches of about `batch_pixels`
-  pixels, so sets of any sizes share compiled code.
+  Images are packed into canvases (at least 1024x1024; each image starts on
+  an 8-px tile boundary and owns its tiles, so nothing crosses between
+  images) and evaluated in jitted batches of about `batch_pixels` pixels, so
+  sets of any sizes share compiled code.
 
   Args:
     preds: sequence of (H, W) probability maps in [0, 1].
@@ -436,14 +474,17 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
   canvases = max(c for c, _, _ in places) + 1
   per_batch = max(1, min(batch_pixels // (height * width), canvases))
   stats = init(roc_thresholds, pd_fa_thresholds)
+  probs = _aligned_zeros((per_batch, height, width), np.float32)
+  mask_canvas = _aligned_zeros((per_batch, height, width), bool)
   for first in range(0, canvases, per_batch):
     members = [i for i, (c, _, _) in enumerate(places)
                if first <= c < first + per_batch]
     canvas = _paint([checked[i] for i in members],
                     [(places[i][0] - first,) + places[i][1:] for i in members],
-                    per_batch, height, width,
+                    probs, mask_canvas,
                     _power_of_two(len(members), 64, 1 << 30))
-    stats = _evaluate_batch(stats, canvas, float(threshold), pd_fa_relative)
+    stats = _evaluate_batch(stats, canvas, members, preds, float(threshold),
+                            pd_fa_relative)
   result = compute(stats)
   if fa_variant == 'gglnet':
     last = np.asarray(preds[-1]).size * len(preds)

@@ -10,9 +10,9 @@ count, known from its min alone. The other tiles are "active": their pixels
 and the foreground pixels among them into shorter lists for the connected
 components and the Pd matching.
 
-Each tile belongs to one image through `tile_image` (so several images may
-share a batch entry, as `evaluate` packs them; images must then be at least
-4 px apart so that no component or match crosses between them).
+Each tile belongs to one image through `tile_image`, so several images may
+share a batch entry (`evaluate` packs them, each starting on a tile
+boundary): components and matches never cross between images.
 
 Stages, so that `evaluate` can pick capacities on the host and compile each
 stage once per capacity: `summarize` (dense), `gather` + `count_lanes`
@@ -242,7 +242,7 @@ def gather(probs, mask_fg, tile_image, active, capacity, image_max=None, *,
   tiles = components_lib.select_tiles(active, capacity, probs.shape, order)
   owner = jnp.where(tiles.ok, tile_image[tiles.image, tiles.row, tiles.col],
                     -1)
-  tiles = components_lib.with_groups(tiles, owner)
+  tiles = components_lib.with_owners(tiles, owner)
   if boxes is None:
     v = components_lib.gather(tiles, valid)
   else:

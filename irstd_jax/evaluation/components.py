@@ -106,21 +106,25 @@ def select_tiles(active: jnp.ndarray, capacity: int, shape,
       flat = (image * tile_rows + jnp.clip(r, 0, tile_rows - 1)) * tile_cols
       flat = flat + jnp.clip(c, 0, tile_cols - 1)
       neighbors.append(jnp.where(inside, tile_map[flat], -1))
-  group = jnp.zeros_like(image)  # Set by with_groups.
+  group = jnp.zeros_like(image)  # Set by with_owners.
   _, height, width = shape
   del batch
   return Tiles(ok, image, group, row, col, jnp.stack(neighbors, axis=1),
                jnp.int32(height), jnp.int32(width))
 
 
-def with_groups(tiles: Tiles, owner: jnp.ndarray) -> Tiles:
-  """Sets each tile's group to the dense rank of its image `owner`.
+def with_owners(tiles: Tiles, owner: jnp.ndarray) -> Tiles:
+  """Assigns each tile to an image: no component crosses between images.
 
-  Tiles must come grouped by owner; the rank keeps per-image work in arrays
-  of the capacity's size whatever the number of images.
+  Links to neighbouring tiles of another image are cut, and each tile's
+  group becomes the dense rank of its image (tiles must come grouped by
+  image), which keeps per-image work in arrays of the capacity's size.
   """
   starts = jnp.concatenate([jnp.ones((1,), bool), owner[1:] != owner[:-1]])
-  return tiles._replace(group=cumsum_counts(starts.astype(jnp.int32)) - 1)
+  neighbor_owner = owner[jnp.maximum(tiles.neighbors, 0)]
+  neighbors = jnp.where(neighbor_owner == owner[:, None], tiles.neighbors, -1)
+  return tiles._replace(group=cumsum_counts(starts.astype(jnp.int32)) - 1,
+                        neighbors=neighbors)
 
 
 def gather(tiles: Tiles, array: jnp.ndarray) -> jnp.ndarray:
