@@ -283,12 +283,20 @@ def _pad_batch(preds, masks, size, height, width):
 
 def test_streaming_update_merge_compute():
   preds, masks = _noisy_set(5, 7, low=10, high=60)
+  # The batch is sharded over the (fake) devices, as in a training loop.
+  devices = jax.devices()[:4 if jax.device_count() >= 4 else 1]
+  mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('data'))
   step = jax.jit(metrics.update)
+
+  def batch(preds, masks):
+    return jax.device_put(_pad_batch(preds, masks, 4, 64, 64), sharding)
+
   # Two "hosts", batches of 4 with a fully padded entry at the end; no Pd-Fa
   # curve (evaluate's tests cover it, with the same code).
   first = second = metrics.init(pd_fa_thresholds=())
-  first = step(first, *_pad_batch(preds[:3], masks[:3], 4, 64, 64))
-  second = step(second, *_pad_batch(preds[3:], masks[3:], 4, 64, 64))
+  first = step(first, *batch(preds[:3], masks[:3]))
+  second = step(second, *batch(preds[3:], masks[3:]))
   merged = metrics.merge(first, second)
   result = metrics.compute(merged)
   expected = _reference(preds, masks, curve=())

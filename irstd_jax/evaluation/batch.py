@@ -323,13 +323,13 @@ def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
         pixels, components_lib.label(pixels, ok), ok, compacted=True)
 
   layers = lax.map(label, (jnp.arange(selected.shape[0]), selected))
-  targets = jax.tree.map(lambda a: a[0], layers)
+  targets = matching.sort_targets(jax.tree.map(lambda a: a[0], layers),
+                                  tiles.ok.shape[0])
   predicted = jax.tree.map(lambda a: a[1:], layers)
-  groups = tiles.ok.shape[0]
   matched, hit_pixels = lax.map(
-      lambda found: matching.greedy_match(found, targets, groups), predicted)
+      lambda found: matching.greedy_match(found, targets), predicted)
   foreground = jnp.sum(selected[1:].astype(jnp.int32), axis=1)
-  return dict(targets=targets.count, matched=matched,
+  return dict(targets=targets.components.count, matched=matched,
               fa_pixels=foreground - hit_pixels)
 
 

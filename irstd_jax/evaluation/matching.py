@@ -13,6 +13,8 @@ targets of its own image whose centroid row is within 3 rows of its own
 (targets sorted by image and row, found by binary search).
 """
 
+from typing import NamedTuple
+
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
@@ -24,45 +26,58 @@ _INT_MAX = np.iinfo(np.int32).max
 MAX_DISTANCE = 3.0
 
 
-def _search(values, low, high, value, strict):
-  """Vectorized binary search in sorted `values[low:high]` (per lane).
+def _band(rows, low, high, row):
+  """Per lane, [first, last) of sorted `rows[low:high]` within row +- 3.
 
-  Returns the first index whose value is >= `value` (> with `strict`).
+  Two vectorized binary searches sharing one loop.
   """
-  size = values.shape[0]
+  size = rows.shape[0]
 
-  def step(_, bounds):
+  def search(bounds, value, strict):
     low, high = bounds
     middle = (low + high) // 2
-    probe = values[jnp.minimum(middle, size - 1)]
+    probe = rows[jnp.minimum(middle, size - 1)]
     right = (middle < high) & ((probe <= value) if strict else (probe < value))
     return jnp.where(right, middle + 1, low), jnp.where(right, high, middle)
 
-  low, _ = lax.fori_loop(0, max(size, 1).bit_length() + 1, step, (low, high))
-  return low
+  def step(_, state):
+    return (search(state[0], row - 3, False), search(state[1], row + 3, True))
+
+  (first, _), (last, _) = lax.fori_loop(
+      0, max(size, 1).bit_length() + 1, step, ((low, high), (low, high)))
+  return first, last
 
 
-def greedy_match(predicted: components_lib.Components,
-                 targets: components_lib.Components, num_images: int):
-  """Returns (number of matched targets, pixels of matched predictions)."""
-  num_targets = targets.ok.shape[0]
-  # Targets sorted by image, then by the floor of their centroid's row: a
-  # prediction only has to look at the targets of its image within 3 rows.
+class Targets(NamedTuple):
+  """Targets sorted by image and by the floor of their centroid's row."""
+  components: components_lib.Components
+  start: jnp.ndarray  # (num_images,) index of each image's first target
+  count: jnp.ndarray  # (num_images,) targets of each image
+
+
+def sort_targets(targets: components_lib.Components,
+                 num_images: int) -> Targets:
+  """Prepares the targets once for matching at several thresholds."""
+  size = targets.ok.shape[0]
   image_key = jnp.where(targets.ok, targets.image, _INT_MAX)
   _, _, order = lax.sort(
-      (image_key, targets.row, jnp.arange(num_targets, dtype=jnp.int32)),
-      num_keys=2)
+      (image_key, targets.row, jnp.arange(size, dtype=jnp.int32)), num_keys=2)
   targets = components_lib.Components(
       targets.ok[order], targets.count, *(f[order] for f in targets[2:]))
-  per_image = jnp.zeros((num_images,), jnp.int32).at[targets.image].add(
+  count = jnp.zeros((num_images,), jnp.int32).at[targets.image].add(
       targets.ok.astype(jnp.int32))
-  start = jnp.cumsum(per_image) - per_image
-  group_start = start[predicted.image]
-  group_end = group_start + per_image[predicted.image]
-  first = _search(targets.row, group_start, group_end, predicted.row - 3,
-                  strict=False)
-  last = _search(targets.row, group_start, group_end, predicted.row + 3,
-                 strict=True)
+  return Targets(targets, jnp.cumsum(count) - count, count)
+
+
+def greedy_match(predicted: components_lib.Components, sorted_targets: Targets):
+  """Returns (number of matched targets, pixels of matched predictions)."""
+  targets = sorted_targets.components
+  num_targets = targets.ok.shape[0]
+  # A prediction only looks at the targets of its image within 3 rows.
+  group_start = sorted_targets.start[predicted.image]
+  first, last = _band(targets.row, group_start,
+                      group_start + sorted_targets.count[predicted.image],
+                      predicted.row)
   available_targets = jnp.where(predicted.ok, last - first, 0)
   steps = jnp.max(available_targets)
 
