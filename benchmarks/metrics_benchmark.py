@@ -11,9 +11,10 @@ Gaussian targets, some false alarms) and times, on the same CPU:
     torch;
   * lean: the same algorithms written tightly (array sums, one inner loop of
     the Pd matching vectorized), a stronger baseline.
-Each is timed with and without the Pd-Fa curve (5 extra thresholds). Timings
-are the min and median of several repeats; the load average is printed
-because other processes may share the CPU.
+Each is timed with and without the Pd-Fa curve (5 extra thresholds), in
+interleaved rounds so that all see the same load; timings are the min and
+median over runs, and the load average is printed because other processes
+may share the CPU.
 """
 
 import argparse
@@ -173,21 +174,20 @@ def lean(preds, masks, curve=CURVE):
               fpr=roc_fp / (negatives + 0.001))
 
 
-def _time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    times.append(time.perf_counter() - start)
-  return result, times
+def _timed(fn):
+  start = time.perf_counter()
+  result = fn()
+  return result, time.perf_counter() - start
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--images', type=int, default=100)
   parser.add_argument('--size', type=int, default=512)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--reference-repeats', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='interleaved rounds of all implementations')
+  parser.add_argument('--jax-repeats', type=int, default=3,
+                      help='jax runs per round')
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -202,18 +202,22 @@ def main():
   rows = []
   for curve in (CURVE, ()):
     name = 'with Pd-Fa curve' if curve else 'without curve'
-
-    def jax_run(curve=curve):
-      return metrics.evaluate(preds, masks, pd_fa_thresholds=curve)
-
-    start = time.perf_counter()
-    result = jax_run()
-    first = time.perf_counter() - start
-    result, warm = _time(jax_run, args.repeats)
-    expected, lean_times = _time(lambda c=curve: lean(preds, masks, c),
-                                 args.reference_repeats)
-    same, official_times = _time(lambda c=curve: official(preds, masks, c),
-                                 args.reference_repeats)
+    runs = dict(
+        jax=lambda c=curve: metrics.evaluate(preds, masks, pd_fa_thresholds=c),
+        lean=lambda c=curve: lean(preds, masks, c),
+        official=lambda c=curve: official(preds, masks, c))
+    result, first = _timed(runs['jax'])
+    times = {key: [] for key in runs}
+    # Interleaved rounds, so that every implementation sees the same load.
+    for _ in range(args.rounds):
+      for key, run in runs.items():
+        for _ in range(args.jax_repeats if key == 'jax' else 1):
+          out, seconds = _timed(run)
+          times[key].append(seconds)
+          if key == 'lean':
+            expected = out
+          elif key == 'official':
+            same = out
     for key in ('miou', 'niou', 'precision', 'recall', 'f1', 'pd', 'fa'):
       assert abs(result[key] - expected[key]) <= 1e-6 * abs(expected[key]), (
           key, result[key], expected[key])
@@ -223,15 +227,21 @@ def main():
     print(f'\n{name}: Pd {result["pd"]:.4f}, Fa {result["fa"] * 1e6:.2f}e-6, '
           f'mIoU {result["miou"]:.4f} (all three implementations agree)')
     print(f'  jax first call (compile + run): {first:.2f} s')
-    for label, times in (('jax warm', warm), ('lean NumPy/skimage', lean_times),
-                         ('official-style NumPy/skimage', official_times)):
-      print(f'  {label:30s} min {min(times) * 1e3 / count:7.2f} ms/image, '
-            f'median {statistics.median(times) * 1e3 / count:7.2f} ms/image')
-    rows.append((name, min(warm), min(lean_times), min(official_times)))
-  print('\nspeed-up of jax (min over repeats, compile excluded):')
-  for name, fast, lean_time, official_time in rows:
-    print(f'  {name:18s} {lean_time / fast:5.1f}x vs lean, '
-          f'{official_time / fast:5.1f}x vs official-style')
+    for key, label in (('jax', 'jax warm'), ('lean', 'lean NumPy/skimage'),
+                       ('official', 'official-style NumPy/skimage')):
+      print(f'  {label:30s} min {min(times[key]) * 1e3 / count:7.2f} '
+            f'ms/image, median {statistics.median(times[key]) * 1e3 / count:7.2f}'
+            f' ms/image ({len(times[key])} runs)')
+    rows.append((name, times))
+  print('\nspeed-up of jax, compile excluded (min / min, and median / median):')
+  for name, times in rows:
+    ratios = []
+    for other in ('lean', 'official'):
+      best = min(times[other]) / min(times['jax'])
+      typical = statistics.median(times[other]) / statistics.median(
+          times['jax'])
+      ratios.append(f'{best:5.1f}x / {typical:5.1f}x vs {other}')
+    print(f'  {name:18s} ' + ', '.join(ratios))
   print(f'load average after: {os.getloadavg()}')
 
 

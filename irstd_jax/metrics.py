@@ -257,11 +257,14 @@ def _power_of_two(n: int, low: int, high: int) -> int:
   return min(max(1 << max(n - 1, 0).bit_length(), low), high)
 
 
-def _evaluate_batch(stats, canvas, members, preds, threshold, relative):
+def _evaluate_batch(stats, canvas, members, preds, threshold, relative,
+                    sizes):
   """`update` in stages, with capacities chosen on the host.
 
   Each stage then compiles once per shape or capacity (powers of two), and
-  only for the capacities the data needs.
+  only for the capacities the data needs. `sizes` holds the largest
+  capacities used so far in this call: they only grow, so later batches reuse
+  compiled code rather than compile a smaller size.
   """
   curve = stats.pd_fa_thresholds
   shared = curve.index(threshold) if threshold in curve else None
@@ -276,15 +279,18 @@ def _evaluate_batch(stats, canvas, members, preds, threshold, relative):
   if bad.size:
     index = members[bad[0]]
     _check_values(index, preds[index])
-  capacity = _power_of_two(int(summary.count), batch_lib.MIN_CAPACITY,
-                           summary.active.size)
+  capacity = _power_of_two(max(int(summary.count), sizes.get('tiles', 0)),
+                           batch_lib.MIN_CAPACITY, summary.active.size)
+  sizes['tiles'] = capacity
   lanes, counted = _gather_and_count(
       canvas.probs, canvas.masks, canvas.tile_image, canvas.tile_order,
       canvas.boxes, summary.active, summary.image_max, capacity=capacity,
       relative=relative, **values)
   # Reading `counted` also waits for the last stage that reads the canvas.
-  pixels = _power_of_two(int(np.max(counted['foreground'])), 256,
-                         capacity * batch_lib.LANES)
+  pixels = _power_of_two(
+      max(int(np.max(counted['foreground'])), sizes.get('pixels', 0)), 256,
+      capacity * batch_lib.LANES)
+  sizes['pixels'] = pixels
   found = _pd_fa(lanes, pd_fa, relative=relative, capacity=pixels)
   return _combine(stats, summary, lanes, counted, found, shared=shared)
 
@@ -318,27 +324,39 @@ def _paint(images, places, probs, masks, num_images) -> _Canvas:
     probs[c, top:top + h, left:left + w] = pred
     # Repeat the last row and column up to the tile boundary, so that tile
     # extrema only see the image's own values.
-    probs[c, top + h:bottom, left:left + w] = pred[-1]
-    probs[c, top:bottom, left + w:right] = probs[c, top:bottom,
-                                                 left + w - 1:left + w]
+    if bottom > top + h:
+      probs[c, top + h:bottom, left:left + w] = pred[-1]
+    if right > left + w:
+      probs[c, top:bottom, left + w:right] = probs[c, top:bottom,
+                                                   left + w - 1:left + w]
     masks[c, top:top + h, left:left + w] = mask
     rows = slice(top // tile, bottom // tile)
     cols = slice(left // tile, right // tile)
     tile_image[c, rows, cols] = k
-    row_count = np.minimum(tile, top + h - np.arange(top, bottom, tile))
-    col_count = np.minimum(tile, left + w - np.arange(left, right, tile))
-    valid_count[c, rows, cols] = np.outer(row_count, col_count)
+    valid_count[c, rows, cols] = _tile_valid_counts(h, w)
     flat = np.flatnonzero(mask)  # much faster than np.nonzero on sparse masks
     has_mask[c, (top + flat // w) // tile, (left + flat % w) // tile] = True
     boxes[k] = (top, left, h, w)
   owners = tile_image.reshape(-1)
-  order = np.argsort(np.where(owners < 0, num_images, owners), kind='stable')
+  # Stable sort of small integers: numpy uses a linear-time radix sort.
+  key_type = np.int16 if num_images < 2**15 else np.int32
+  order = np.argsort(np.where(owners < 0, num_images, owners).astype(key_type),
+                     kind='stable')
   # On CPU the big buffers are aliased, not copied (see _aligned_zeros); the
   # small ones are transferred once per batch, shared by the stages.
   return _Canvas(jax.device_put(probs, may_alias=True),
                  jax.device_put(masks, may_alias=True),
                  *jax.device_put((tile_image, order.astype(np.int32),
                                   has_mask, valid_count, boxes)))
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_valid_counts(height: int, width: int) -> np.ndarray:
+  """Valid pixels of each tile of an image placed on a tile boundary."""
+  tile = batch_lib.TILE
+  rows = np.minimum(tile, height - np.arange(0, height, tile))
+  cols = np.minimum(tile, width - np.arange(0, width, tile))
+  return np.outer(rows, cols).astype(np.int32)
 
 
 def _aligned_zeros(shape, dtype) -> np.ndarray:
@@ -407,12 +425,16 @@ def _check_image(index: int, pred, mask):
       raise ValueError(f'Image {index}: the prediction contains NaN.')
   if mask.dtype != bool:
     top = mask.max()
-    if top not in (0, 1, 255) or (top and np.count_nonzero(mask) !=
-                                  np.count_nonzero(mask == top)):
+    low = 0 if mask.dtype.kind == 'u' else mask.min()
+    # Integers within [0, 1] are binary; otherwise count the values.
+    binary = (top == 0 or (mask.dtype.kind in 'ui' and top <= 1) or
+              np.count_nonzero(mask) == np.count_nonzero(mask == top))
+    if low < 0 or top not in (0, 1, 255) or not binary:
       values = np.unique(mask)
       raise ValueError(f'Image {index}: mask values must be {{0, 1}} or '
                        f'{{0, 255}}, got {values[:10].tolist()}.')
-    mask = mask != 0
+    one_byte = mask.dtype.itemsize == 1 and mask.dtype.kind in 'ui'
+    mask = mask.view(bool) if one_byte and top <= 1 else mask != 0
   return pred, mask
 
 
@@ -474,6 +496,7 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
   canvases = max(c for c, _, _ in places) + 1
   per_batch = max(1, min(batch_pixels // (height * width), canvases))
   stats = init(roc_thresholds, pd_fa_thresholds)
+  sizes = {}
   probs = _aligned_zeros((per_batch, height, width), np.float32)
   mask_canvas = _aligned_zeros((per_batch, height, width), bool)
   for first in range(0, canvases, per_batch):
@@ -484,7 +507,7 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
                     probs, mask_canvas,
                     _power_of_two(len(members), 64, 1 << 30))
     stats = _evaluate_batch(stats, canvas, members, preds, float(threshold),
-                            pd_fa_relative)
+                            pd_fa_relative, sizes)
   result = compute(stats)
   if fa_variant == 'gglnet':
     last = np.asarray(preds[-1]).size * len(preds)

@@ -1,12 +1,17 @@
 """Connected components (8-connectivity) of sparse binary maps, in jax.numpy.
 
-IRSTD maps are almost empty, so the work is done on a compacted list of
-active 8x8 tiles rather than on every pixel: a tile's 64 pixels are "lanes",
-and lanes of neighbouring active tiles are linked through a tile map. Labels
-converge by hooking (each edge points the larger of its two labels at the
-smaller) plus pointer jumping, inside a `lax.while_loop`. Each component's
-representative is its first pixel in raster order, which is exactly the order
-in which scikit-image's `measure.label` numbers components.
+IRSTD maps are almost empty, so nothing here touches every pixel: the active
+8x8 tiles of a batch are compacted into a list (`select_tiles`, with links to
+their neighbouring tiles), the foreground pixels of those tiles into a shorter
+list (`select_pixels`, with links to their 8-neighbours), and `label` finds the
+components of that list by hooking (each link points the larger of its two
+labels at the smaller) and pointer jumping in a `lax.while_loop`. Compaction
+uses a prefix sum made of small triangular matmuls (`cumsum_counts`), which
+XLA:CPU runs much faster than a long cumsum.
+
+`components` gives each component's area, exact centroid and raster key, the
+batch raster index of its first pixel: ordering components by that key is
+scikit-image's label order, on which the Pd matching depends.
 """
 
 from typing import NamedTuple, Optional
@@ -240,13 +245,8 @@ def _exact_mean(high, low, area):
 
 
 def components(pixels: Pixels, parent: jnp.ndarray,
-               ok: Optional[jnp.ndarray] = None,
-               compacted: bool = False) -> Components:
-  """Area, centroid and raster key of each component found by `label`.
-
-  With `compacted`, the records are moved to the front (in list order, so
-  grouped by image), as the matching needs for its targets.
-  """
+               ok: Optional[jnp.ndarray] = None) -> Components:
+  """Area, centroid and raster key of each component found by `label`."""
   ok = pixels.ok if ok is None else ok
   size = ok.shape[0]
 
@@ -261,10 +261,14 @@ def components(pixels: Pixels, parent: jnp.ndarray,
   col, col_frac = _exact_mean(total(x // _SPLIT), total(x % _SPLIT), area)
   is_root = ok & (parent == jnp.arange(size, dtype=jnp.int32))
   count = jnp.sum(is_root.astype(jnp.int32))
-  records = (pixels.group, first, area, row, row_frac, col, col_frac)
-  if not compacted:
-    return Components(is_root, count, *records)
-  index, _ = compact(is_root, size)
+  return Components(is_root, count, pixels.group, first, area, row, row_frac,
+                    col, col_frac)
+
+
+def compact_components(found: Components) -> Components:
+  """Moves the records to the front, in list order (so grouped by image)."""
+  size = found.ok.shape[0]
+  index, _ = compact(found.ok, size)
   valid = index < size
   index = jnp.where(valid, index, 0)
-  return Components(valid, count, *(r[index] for r in records))
+  return Components(valid, found.count, *(r[index] for r in found[2:]))
