@@ -69,7 +69,8 @@ def _reference(preds, masks, threshold=0.5, roc=metrics.ROC_THRESHOLDS,
       roc_tp[k] += np.sum(above & mask)
       roc_fp[k] += np.sum(above & ~mask)
     positives, negatives = positives + mask.sum(), negatives + (~mask).sum()
-    score = pred / np.max(pred) if relative else pred
+    with np.errstate(invalid='ignore', divide='ignore'):  # max 0: as GaNet
+      score = pred / np.max(pred) if relative else pred
     for k, t in enumerate(pd_fa_at):
       with np.errstate(invalid='ignore'):
         n, hit, false = _pd_fa_counts(score > np.float32(t), mask)
