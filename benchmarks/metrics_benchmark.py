@@ -229,9 +229,10 @@ def main():
     print(f'  jax first call (compile + run): {first:.2f} s')
     for key, label in (('jax', 'jax warm'), ('lean', 'lean NumPy/skimage'),
                        ('official', 'official-style NumPy/skimage')):
-      print(f'  {label:30s} min {min(times[key]) * 1e3 / count:7.2f} '
-            f'ms/image, median {statistics.median(times[key]) * 1e3 / count:7.2f}'
-            f' ms/image ({len(times[key])} runs)')
+      best = min(times[key]) * 1e3 / count
+      typical = statistics.median(times[key]) * 1e3 / count
+      print(f'  {label:30s} min {best:7.2f} ms/image, median {typical:7.2f} '
+            f'ms/image ({len(times[key])} runs)')
     rows.append((name, times))
   print('\nspeed-up of jax, compile excluded (min / min, and median / median):')
   for name, times in rows:

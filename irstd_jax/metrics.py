@@ -1,4 +1,4 @@
-"""IRSTD evaluation metrics in jax.numpy, equal to the community's reference code.
+"""IRSTD evaluation metrics in jax.numpy, equal to the reference codes.
 
 mIoU, nIoU, precision / recall / F1, Pd / Fa (BasicIRSTD), ROC (DNANet) and a
 Pd-Fa curve, computed jitted and batched. Two ways in:
@@ -40,8 +40,7 @@ _ROC_EPS = 0.001
     jax.tree_util.register_dataclass,
     data_fields=['images', 'valid_pixels', 'pred_pixels', 'mask_pixels',
                  'intersection', 'union', 'iou_sum', 'iou_error', 'roc_tp',
-                 'roc_fp',
-                 'targets', 'matched', 'fa_pixels', 'tile_overflow'],
+                 'roc_fp', 'targets', 'matched', 'fa_pixels', 'tile_overflow'],
     meta_fields=['roc_thresholds', 'pd_fa_thresholds'])
 @dataclasses.dataclass(frozen=True)
 class MetricStats:
@@ -296,14 +295,15 @@ def _evaluate_batch(stats, canvas, members, preds, threshold, relative,
 
 
 class _Canvas(NamedTuple):
-  """Images packed into a (B, H, W) batch, with what the host knows."""
-  probs: np.ndarray        # float32, each image's edges repeated to its tiles
-  masks: np.ndarray        # bool
-  tile_image: np.ndarray   # (B, H/8, W/8) int32 image index, -1 in gaps
-  tile_order: np.ndarray   # flat tile indices, image by image (then gaps)
-  has_mask: np.ndarray     # (B, H/8, W/8) bool
-  valid_count: np.ndarray  # (B, H/8, W/8) int32
-  boxes: np.ndarray        # (images, 4) int32 top, left, height, width
+  """Images packed into a (B, H, W) batch, with what the host knows of them
+  (device arrays)."""
+  probs: jax.Array        # float32, each image's edges repeated to its tiles
+  masks: jax.Array        # bool
+  tile_image: jax.Array   # (B, H/8, W/8) int32 image index, -1 elsewhere
+  tile_order: jax.Array   # flat tile indices, image by image (then the rest)
+  has_mask: jax.Array     # (B, H/8, W/8) bool
+  valid_count: jax.Array  # (B, H/8, W/8) int32
+  boxes: jax.Array        # (images, 4) int32 top, left, height, width
 
 
 def _paint(images, places, probs, masks, num_images) -> _Canvas:
@@ -405,19 +405,29 @@ def _pack(shapes, height, width):
   return places
 
 
-def _check_image(index: int, pred, mask):
-  """Host-side checks of one (pred, mask) pair; returns float32, bool."""
-  pred, mask = np.asarray(pred), np.asarray(mask)
-  if pred.ndim != 2 or mask.ndim != 2:
+def _check_shape(index: int, pred, mask) -> tuple:
+  """Shape checks of one (pred, mask) pair, before anything is converted."""
+  shape, mask_shape = np.shape(pred), np.shape(mask)
+  if len(shape) != 2 or len(mask_shape) != 2:
     raise ValueError(f'Image {index}: prediction and mask must be 2-D (H, W); '
-                     f'got shapes {pred.shape} and {mask.shape}. Squeeze '
-                     'channel axes first.')
-  if pred.shape != mask.shape:
-    raise ValueError(f'Image {index}: prediction shape {pred.shape} differs '
-                     f'from mask shape {mask.shape}.')
-  if not pred.size:
-    raise ValueError(f'Image {index} is empty: shape {pred.shape}.')
-  pred = pred.astype(np.float32, copy=False)
+                     f'got shapes {shape} and {mask_shape}. Squeeze channel '
+                     'axes first.')
+  if shape != mask_shape:
+    raise ValueError(f'Image {index}: prediction shape {shape} differs from '
+                     f'mask shape {mask_shape}.')
+  if not shape[0] or not shape[1]:
+    raise ValueError(f'Image {index} is empty: shape {shape}.')
+  if shape[0] * shape[1] > 2**23 or max(shape) > 2**15:
+    raise ValueError(f'Image {index} has shape {shape}; at most 2**23 pixels '
+                     'and 2**15 per side are supported (exact int32 '
+                     'centroids).')
+  return tuple(shape)
+
+
+def _check_image(index: int, pred, mask):
+  """Value checks of one (pred, mask) pair; returns float32, bool."""
+  pred = np.asarray(pred).astype(np.float32, copy=False)
+  mask = np.asarray(mask)
   # One pass: a NaN makes the sum NaN (XLA:CPU's min / max may drop NaN, so
   # only the [0, 1] range is checked on the device, see _summarize).
   if np.isnan(np.sum(pred)):
@@ -486,15 +496,14 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
     raise ValueError(f'Got {len(preds)} predictions and {len(masks)} masks.')
   if not len(preds):
     raise ValueError('evaluate needs at least one image.')
-  checked = [_check_image(i, p, m) for i, (p, m) in enumerate(zip(preds,
-                                                                   masks))]
-  shapes = [p.shape for p, _ in checked]
+  shapes = [_check_shape(i, p, m) for i, (p, m) in enumerate(zip(preds,
+                                                                  masks))]
   height = max(_CANVAS, _bucket(max(h for h, _ in shapes)))
   width = max(_CANVAS, _bucket(max(w for _, w in shapes)))
-  batch_lib.check_batch((1, height, width))
   places = _pack(shapes, height, width)
   canvases = max(c for c, _, _ in places) + 1
-  per_batch = max(1, min(batch_pixels // (height * width), canvases))
+  per_batch = max(1, min(batch_pixels, 2**31 - 1) // (height * width))
+  per_batch = min(per_batch, canvases)
   stats = init(roc_thresholds, pd_fa_thresholds)
   sizes = {}
   probs = _aligned_zeros((per_batch, height, width), np.float32)
@@ -502,7 +511,7 @@ def evaluate(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
   for first in range(0, canvases, per_batch):
     members = [i for i, (c, _, _) in enumerate(places)
                if first <= c < first + per_batch]
-    canvas = _paint([checked[i] for i in members],
+    canvas = _paint([_check_image(i, preds[i], masks[i]) for i in members],
                     [(places[i][0] - first,) + places[i][1:] for i in members],
                     probs, mask_canvas,
                     _power_of_two(len(members), 64, 1 << 30))
