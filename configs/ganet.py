@@ -17,31 +17,36 @@ Run:
       --config.dataset.source_dir=PATH/TO/sirst
 Quick offline demo (a few minutes on a CPU, synthetic data):
   python -m irstd_jax.main --config=configs/ganet.py:quick --workdir=workdirs/quick
-Other arguments after ':' (comma-separated): dataset=NAME, epochs=N.
+Other arguments after ':' (comma-separated): dataset=NAME, epochs=N (the
+decays keep their fractions), protocol=basicirstd (BasicIRSTD's 213/214
+split, random 256 crops with flips, mean/std normalisation, native test).
 """
 
 from irstd_jax import config_lib
-from irstd_jax import input_pipeline
 
 
 def get_config(arg=None):
   """The config; `arg` is the text after ':' in --config."""
-  arg = config_lib.parse_arg(arg, quick=False, dataset='sirst_v1', epochs=0)
+  arg = config_lib.parse_arg(arg, quick=False, dataset='sirst_v1', epochs=0,
+                             protocol='code')
   c = config_lib.base_config()
   c.dataset.name = arg.dataset
   c.input.recipe = 'ganet'
-  # 256, or 512 for irstd_1k (native), as the GaNet code trains.
-  c.input.image_size = input_pipeline.recipe_image_size('ganet', arg.dataset)
+  c.input.image_size = None  # The recipe's: 256, or 512 for irstd_1k (native).
   c.input.num_channels = 1
   c.model.name = 'ganet'
-  # GradFormer's attention scale follows the training size.
-  c.model.options = dict(dilations=(1, 3), img_size=c.input.get_ref('image_size'))
+  # GradFormer's attention scale follows the training image size.
+  c.model.options = dict(dilations=(1, 3), img_size='train_size')
   c.loss.reduction = 'batch'
   c.optimizer.learning_rate = 5e-4
   c.schedule.num_epochs = 400
   c.schedule.decay_epochs = (200, 300)
   c.schedule.decay_factor = 0.1
   c.input.batch_size = 4
+  if arg.protocol == 'basicirstd':
+    config_lib.use_basicirstd_protocol(c)
+  elif arg.protocol != 'code':
+    raise ValueError(f"protocol must be 'code' or 'basicirstd', got {arg.protocol!r}.")
   if arg.quick:
     config_lib.make_quick(c)
   if arg.epochs:

@@ -24,7 +24,6 @@ Quick offline demo:
 """
 
 from irstd_jax import config_lib
-from irstd_jax import input_pipeline
 
 
 def get_config(arg=None):
@@ -34,8 +33,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.dataset.name = arg.dataset
   c.input.recipe = 'gglnet'
-  # 512, or 256 for nudt_sirst, as the MSDA-Net code resizes.
-  c.input.image_size = input_pipeline.recipe_image_size('gglnet', arg.dataset)
+  c.input.image_size = None  # The recipe's: 512, or 256 for nudt_sirst.
   c.input.num_channels = 3
   c.model.name = 'gglnet'
   c.model.options = dict(in_channels=3)

@@ -153,4 +153,6 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then releases the manager."""
+    self._manager.wait_until_finished()
     self._manager.close()

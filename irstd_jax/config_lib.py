@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
       # int side (resized), or 'train' (resized to input.image_size).
       resolution='native',
       pad_multiple=32,
+      max_shapes=4,            # Native: padded shapes compiled at most.
       batch_size=8,
       threshold=0.5,           # Probability threshold (strict >).
       pd_fa_relative=False,    # True: GaNet code's Pd/Fa on pred / max(pred).
@@ -134,18 +135,22 @@ def set_epochs(c: ml_collections.ConfigDict, num_epochs: int) -> None:
 def make_quick(c: ml_collections.ConfigDict) -> None:
   """Shrinks a config to a few minutes on a CPU with offline synthetic data.
 
-  The recipe (optimizer, loss, schedule shape, protocol) stays the model's;
-  only the data, the image size and the number of epochs shrink.
+  Optimizer, loss, schedule shape and evaluation protocol stay the model's;
+  the data, the image size and the number of epochs shrink, and the learning
+  rate is 10x the paper's: a demo of ~200 steps must visibly learn (GaNet
+  quick, 160 steps: SoftIoU 0.99 -> 0.64 at 5e-3, 0.96 at 2e-3, 0.993 at the
+  paper's 5e-4).
   """
   c.dataset.name = 'irstd_synthetic'
   c.dataset.train_split = 'train'
-  c.dataset.options = dict(num_train=64, num_test=16, min_size=64, max_size=128)
+  # One image size: native evaluation then compiles once.
+  c.dataset.options = dict(num_train=64, num_test=16, min_size=64, max_size=64)
   c.input.crop_size = 64
-  if c.input.image_size is not None:
-    c.input.image_size = 64
-  set_epochs(c, 10)
+  c.input.image_size = 64
+  c.optimizer.learning_rate *= 10
+  set_epochs(c, 12)
   c.eval.split = 'test'
-  c.eval.every_epochs = 2
+  c.eval.every_epochs = 3
   c.eval.num_overlays = -1
   c.log_every_steps = 4
 

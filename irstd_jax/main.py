@@ -3,16 +3,16 @@
 Modes: `train` (default; resumes what DIR holds) and `eval` (scores
 `--checkpoint` of DIR on `--config.eval.split`). Multi-host runs call
 `jax.distributed.initialize` when a launcher's environment is present (see
-`distributed_environment`). The work is done in `irstd_jax.train`.
+`sharding.initialize_distributed`). The work is done in `irstd_jax.train`.
 """
-
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from irstd_jax import sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,28 +25,14 @@ flags.DEFINE_string('checkpoint', 'best', "Eval mode: 'best', 'latest' or a step
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def distributed_environment() -> dict | None:
-  """`jax.distributed.initialize` arguments, or None for a single process.
-
-  JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID launch by hand;
-  SLURM (srun with several tasks) and Open MPI (mpirun) are detected by JAX.
-  """
-  if 'JAX_COORDINATOR_ADDRESS' in os.environ and 'JAX_NUM_PROCESSES' in os.environ:
-    return dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-                num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-                process_id=int(os.environ['JAX_PROCESS_ID']))
-  if int(os.environ.get('SLURM_NTASKS', '1')) > 1 or int(
-      os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
-    return {}
-  return None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  distributed = distributed_environment()
-  if distributed is not None:
-    jax.distributed.initialize(**distributed)
+  if not FLAGS['verbosity'].present:
+    # The console shows the progress bar and per-epoch lines; libraries' INFO
+    # logs (orbax saves, TFDS) would drown them. --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
+  sharding.initialize_distributed()
   logging.info('JAX %s: process %d of %d, devices %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   from irstd_jax import train  # pylint: disable=g-import-not-at-top

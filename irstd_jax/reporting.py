@@ -25,6 +25,15 @@ class Example:
   prob: np.ndarray
   valid: np.ndarray
 
+  @classmethod
+  def crop(cls, image_id, batch: dict[str, Any], index: int, prob: np.ndarray) -> 'Example':
+    """Entry `index` of an eval batch, cut to its valid pixels (no padding kept)."""
+    valid = np.asarray(batch['valid'][index])
+    rows, cols = visualization.valid_box(valid)
+    return cls(image_id, np.asarray(batch['image'][index])[rows, cols],
+               np.asarray(batch['mask'][index])[rows, cols],
+               np.asarray(prob)[rows, cols], valid[rows, cols])
+
 
 def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
   """The scalar entries of a metrics dict as floats (ROC curves left out)."""

@@ -6,6 +6,7 @@ split along it, the training state is replicated. No pmap.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -69,3 +70,31 @@ def to_host(tree: Any) -> Any:
       return np.asarray(x.addressable_data(0))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(get, tree)
+
+
+def initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize` when launched as one of several processes.
+
+  By hand: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID in every process. SLURM (srun with several tasks) and
+  Open MPI (mpirun) environments are detected by JAX itself.
+
+  Returns:
+    Whether it initialised (False: a single process).
+  """
+  env = os.environ
+  if 'JAX_COORDINATOR_ADDRESS' in env or 'JAX_NUM_PROCESSES' in env:
+    missing = [k for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+               if k not in env]
+    if missing:
+      raise ValueError(f'A multi-process launch needs {", ".join(missing)} too: set '
+                       'JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and '
+                       'JAX_PROCESS_ID=0..N-1 in every process.')
+    jax.distributed.initialize(env['JAX_COORDINATOR_ADDRESS'],
+                               num_processes=int(env['JAX_NUM_PROCESSES']),
+                               process_id=int(env['JAX_PROCESS_ID']))
+    return True
+  if int(env.get('SLURM_NTASKS', '1')) > 1 or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    jax.distributed.initialize()
+    return True
+  return False

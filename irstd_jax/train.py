@@ -52,7 +52,7 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) 
   """
   from irstd_jax import models  # pylint: disable=g-import-not-at-top
   name = config.model.name
-  options = _plain(config.model.get('options', {}))
+  options = model_options(config)
   rngs = nnx.Rngs(config.seed if seed is None else seed)
   if ':' in name:
     import importlib  # pylint: disable=g-import-not-at-top
@@ -64,6 +64,25 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) 
   return model
 
 
+def training_size(config: ml_collections.ConfigDict) -> int:
+  """The side of the training images: the crop, or the recipe's resize."""
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if config.input.recipe == 'basicirstd':
+    return int(config.input.crop_size)
+  return int(config.input.image_size or input_pipeline.recipe_image_size(
+      config.input.recipe, config.dataset.name))
+
+
+def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config.model.options`, with the value 'train_size' replaced by `training_size`.
+
+  GaNet's `img_size` must follow the training size, which command-line
+  overrides of the input may change after the config file ran.
+  """
+  options = _plain(config.model.get('options', {}))
+  return {k: training_size(config) if v == 'train_size' else v for k, v in options.items()}
+
+
 def count_params(model: nnx.Module) -> int:
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
@@ -72,7 +91,7 @@ def model_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What a checkpoint must match to be restored into this config's model."""
   return json.loads(json.dumps({
       'name': config.model.name,
-      'options': _plain(config.model.get('options', {})),
+      'options': model_options(config),
       'num_channels': config.input.num_channels,
   }))
 
@@ -298,10 +317,11 @@ def eval_batches(config: ml_collections.ConfigDict, source: Any) -> Iterator[dic
   ev = config.eval
   resolution = ev.resolution
   if resolution == 'train':
-    resolution = config.input.image_size or 'recipe'
+    resolution = training_size(config)
   return input_pipeline.eval_batches(
       source, recipe=config.input.recipe, batch_size=ev.batch_size,
       resolution=resolution, pad_multiple=ev.pad_multiple,
+      max_shapes=ev.get('max_shapes', 4),
       num_channels=config.input.num_channels, mean_std=_mean_std(config))
 
 
@@ -344,10 +364,27 @@ def evaluate(program: Program, model_state: Any, batches: Iterator[dict[str, Any
       probs = sharding.to_host(program.predict(model_state, device_batch['image']))
       for i, image_id in enumerate(batch['id']):
         if len(examples) < num_examples and np.any(batch['valid'][i]):
-          examples.append(reporting.Example(
-              image_id, np.asarray(batch['image'][i]), np.asarray(batch['mask'][i]),
-              probs[i], np.asarray(batch['valid'][i])))
+          examples.append(reporting.Example.crop(image_id, batch, i, probs[i]))
   return metrics.compute(sharding.to_host(stats)), examples
+
+
+def predict_examples(program: Program, model_state: Any, batches: Iterator[dict[str, Any]],
+                     mesh: jax.sharding.Mesh, limit: int) -> list[reporting.Example]:
+  """Predictions for the first `limit` images (no metrics; stops early)."""
+  examples: list[reporting.Example] = []
+  for batch in batches:
+    if len(examples) >= limit:
+      break
+    probs = sharding.to_host(program.predict(model_state, _device_eval_batch(batch, mesh)['image']))
+    for i, image_id in enumerate(batch['id']):
+      if len(examples) < limit and np.any(batch['valid'][i]):
+        examples.append(reporting.Example.crop(image_id, batch, i, probs[i]))
+  return examples
+
+
+def _overlay_limit(config) -> int:
+  """eval.num_overlays as a count (-1: every image)."""
+  return sys.maxsize if config.eval.num_overlays < 0 else int(config.eval.num_overlays)
 
 
 # ---------------------------------------------------------------------------
@@ -441,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       best_metric=config.eval.best_metric)
   train_iter = create_train_iterator(config, train_source)
 
-  step, best, last_eval = 0, None, None
+  step, best, last_eval, final_examples = 0, None, None, None
   latest = checkpoints.latest_step()
   if latest is not None:
     _check_compatible(checkpoints.restore_meta(latest), description, workdir,
@@ -458,7 +495,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       f.write(config.to_json_best_effort(indent=2))
     if step == 0:
       writer.write_hparams(_flatten(config.to_dict()))
-  _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps)
+  _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps,
+                workdir if is_chief else None)
   _print(f'{config.model.name}: {num_params / 1e6:.3f} M parameters; '
          f'{len(train_source)} training images, {steps_per_epoch} steps per epoch, '
          f'{num_epochs} epochs ({total_steps} steps) on {mesh.size} device(s)'
@@ -507,7 +545,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       result = None
       if config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs):
         result, examples = evaluate(program, state['model'], eval_batches(config, eval_source),
-                                    mesh, num_examples=config.eval.num_images)
+                                    mesh, num_examples=max(
+                                        config.eval.num_images,
+                                        _overlay_limit(config) if epoch == num_epochs else 0))
+        if epoch == num_epochs:
+          final_examples = examples  # For the overlays: no second pass.
         scalars = reporting.scalar_metrics(result)
         last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
         if _is_better(scalars, best, config.eval.best_metric):
@@ -517,7 +559,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           writer.write_images(step, {
               f'{config.eval.split}/input_mask_prediction/{i}':
                   visualization.panel(e.image, e.mask, e.prob, e.valid)
-              for i, e in enumerate(examples)})
+              for i, e in enumerate(examples[:config.eval.num_images])})
         line += (f'\n  {config.eval.split} @ epoch {epoch}: {reporting.metrics_line(scalars)}'
                  f'  (best {config.eval.best_metric} '
                  f'{best["metrics"][config.eval.best_metric]:.4f} @ epoch {best["epoch"]})')
@@ -526,20 +568,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         save(epoch, result)
       writer.flush()
       progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
+    return _final_report(config, workdir, program, state, checkpoints, eval_source,
+                         mesh, last_eval, best, num_params, writer, is_chief, final_examples)
   finally:
     progress.close()
     train_iter.close()
-    checkpoints.wait()
-
-  report = _final_report(config, workdir, program, state, checkpoints, eval_source,
-                         mesh, last_eval, best, num_params, writer, is_chief)
-  writer.close()
-  checkpoints.close()
-  return report
+    writer.close()
+    checkpoints.close()  # Waits for the last save.
 
 
 def _final_report(config, workdir, program, state, checkpoints, eval_source, mesh,
-                  last_eval, best, num_params, writer, is_chief) -> dict[str, Any]:
+                  last_eval, best, num_params, writer, is_chief,
+                  examples=None) -> dict[str, Any]:
   """Final-epoch and best-epoch metrics (labelled), the table, overlays."""
   split = config.eval.split
   rows = []
@@ -555,9 +595,10 @@ def _final_report(config, workdir, program, state, checkpoints, eval_source, mes
         'best/epoch': best['epoch'], 'best/step': best['step']})
   table = reporting.summary_table(rows, num_params)
   if config.eval.num_overlays:
-    limit = config.eval.num_overlays if config.eval.num_overlays > 0 else sys.maxsize
-    _, examples = evaluate(program, state['model'], eval_batches(config, eval_source), mesh,
-                           num_examples=limit)
+    if examples is None:  # A finished run started again: predict once more.
+      examples = predict_examples(program, state['model'], eval_batches(config, eval_source),
+                                  mesh, _overlay_limit(config))
+    examples = examples[:_overlay_limit(config)]
     directory = os.path.join(workdir, 'predictions', f'final_{split}')
     if is_chief:
       reporting.write_overlays(examples, directory, config.eval.threshold)
@@ -596,9 +637,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   step = checkpoints.resolve(checkpoint)
   _check_compatible(checkpoints.restore_meta(step), model_description(config), workdir)
   state, meta = _restore(checkpoints, step, state, workdir)
-  limit = config.eval.num_overlays if config.eval.num_overlays >= 0 else sys.maxsize
   result, examples = evaluate(program, state['model'], eval_batches(config, source), mesh,
-                              num_examples=limit)
+                              num_examples=_overlay_limit(config))
   scalars = reporting.scalar_metrics(result)
   name = f'{checkpoint}_step{step}' if not str(checkpoint).isdigit() else f'step{step}'
   if jax.process_index() == 0:
@@ -665,10 +705,16 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                    dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
 
 
-def _log_overview(model, num_params, mesh, num_train, steps_per_epoch, total_steps):
+def _log_overview(model, num_params, mesh, num_train, steps_per_epoch, total_steps,
+                  workdir=None):
+  """Logs the parameter table (and writes it to workdir/parameters.txt)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
-  logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
-      nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+  overview = parameter_overview.get_parameter_overview(
+      nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  logging.info('Parameters:\n%s', overview)
+  if workdir is not None:
+    with open(os.path.join(workdir, 'parameters.txt'), 'w', encoding='utf-8') as f:
+      f.write(overview + '\n')
   logging.info('%d parameters, mesh %s, %d processes, %d training images, '
                '%d steps/epoch, %d steps.', num_params, dict(mesh.shape),
                jax.process_count(), num_train, steps_per_epoch, total_steps)

@@ -48,7 +48,8 @@ def test_configs_follow_their_papers_and_have_a_quick_variant(name):
   assert quick.dataset.name == 'irstd_synthetic'
   assert quick.schedule.num_epochs < 20 and quick.input.image_size == 64
   if name == 'ganet':  # GradFormer's scale follows the training size.
-    assert quick.model.options.img_size == 64 and c.model.options.img_size == 256
+    assert train.model_options(quick)['img_size'] == 64
+    assert train.model_options(c)['img_size'] == 256
 
 
 def test_gglnet_basicirstd_protocol():
