@@ -16,6 +16,7 @@ research/ecosystem.md section 3).
 from __future__ import annotations
 
 import logging as std_logging
+import os
 from typing import Any
 
 import jax
@@ -70,6 +71,8 @@ class Checkpoints:
                        f'checkpoints for resuming), got {keep}.')
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+    if '://' not in directory:  # orbax needs absolute local paths (gs:// is fine).
+      directory = os.path.abspath(directory)
     self.best_metric = best_metric
     get_metric = lambda metrics: metrics[best_metric]
     policy = checkpoint_managers.AnyPreservationPolicy([

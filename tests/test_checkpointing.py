@@ -18,3 +18,11 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   np.testing.assert_array_equal(restored['w'], 3)
   assert meta == {'step': 3}
   ckpts.close()
+
+
+def test_relative_directories_work(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ckpts = checkpointing.Checkpoints('relative/checkpoints')
+  ckpts.save(1, {'w': np.ones(2, np.float32)}, {'step': 1})
+  ckpts.close()
+  assert (tmp_path / 'relative' / 'checkpoints' / '1').is_dir()
