@@ -31,12 +31,12 @@ def _to_scalar(value: Any) -> float | int:
   return value
 
 
-def _to_json(value: Any) -> Any:
+def to_json(value: Any) -> Any:
   """Numbers, arrays and nested containers as JSON-friendly values."""
   if isinstance(value, Mapping):
-    return {str(k): _to_json(v) for k, v in value.items()}
+    return {str(k): to_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_to_json(v) for v in value]
+    return [to_json(v) for v in value]
   if isinstance(value, (str, bool)) or value is None:
     return value
   array = np.asarray(value)
@@ -45,7 +45,7 @@ def _to_json(value: Any) -> Any:
     if isinstance(item, float) and not math.isfinite(item):
       return str(item)  # JSON has no NaN/Inf; keep them readable.
     return item
-  return _to_json(array.tolist())
+  return to_json(array.tolist())
 
 
 class MetricWriter:
@@ -143,11 +143,11 @@ class JsonlWriter(MetricWriter):
     self._file = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
 
   def write_scalars(self, step, scalars):
-    record = {'step': int(step), **{k: _to_json(v) for k, v in scalars.items()}}
+    record = {'step': int(step), **{k: to_json(v) for k, v in scalars.items()}}
     self._file.write(json.dumps(record) + '\n')
 
   def write_hparams(self, hparams):
-    self._file.write(json.dumps({'hparams': _to_json(dict(hparams))}) + '\n')
+    self._file.write(json.dumps({'hparams': to_json(dict(hparams))}) + '\n')
 
   def flush(self):
     self._file.flush()

@@ -14,28 +14,26 @@ reduction order). Hosts each read their own slice of every batch.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from irstd_jax import checkpointing
 from irstd_jax import config_lib
-from irstd_jax import losses
 from irstd_jax import reporting
 from irstd_jax import sharding
+from irstd_jax import steps
 from irstd_jax import summary
 from irstd_jax import visualization
 
@@ -144,143 +142,6 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], reduction: str,
-            smooth: float) -> jax.Array:
-  """SoftIoU of the model's logits against the batch's masks."""
-  return losses.soft_iou_loss(model(batch['image']), batch['mask'],
-                              reduction=reduction, smooth=smooth)
-
-
-def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Pins a jitted function's outputs to be replicated over `mesh`."""
-  return jax.lax.with_sharding_constraint(tree, sharding.replicated(mesh))
-
-
-# The steps are module-level jitted functions with the graph definitions as
-# static arguments, so that runs of the same model in one process (tests,
-# notebooks, train then eval) share one compilation.
-@functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=('graphdefs', 'loss_options', 'mesh'))
-def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
-               graphdefs: tuple[Any, Any], loss_options: tuple[str, float],
-               mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-  """One optimizer step on a global batch.
-
-  Args:
-    state: {'model': nnx.State, 'opt': nnx.State}, replicated; donated, so
-      XLA updates it in place.
-    batch: image (B, S, S, C) and mask (B, S, S, 1), sharded on 'data'.
-    graphdefs: the model's (train mode) and the optimizer's graph definitions.
-    loss_options: SoftIoU (reduction, smooth).
-    mesh: the device mesh.
-
-  Returns:
-    The new state and {'loss', 'grad_norm'}, all replicated.
-  """
-  model = nnx.merge(graphdefs[0], state['model'])
-  optimizer = nnx.merge(graphdefs[1], state['opt'])
-  reduction, smooth = loss_options
-  loss, grads = nnx.value_and_grad(loss_fn)(model, batch, reduction, smooth)
-  optimizer.update(model, grads)
-  outputs = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
-  return _replicate(({'model': nnx.state(model), 'opt': nnx.state(optimizer)}, outputs), mesh)
-
-
-@functools.partial(jax.jit, donate_argnums=1,
-                   static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh'))
-def eval_step(model_state: Any, stats: Any, batch: dict[str, jax.Array], *,
-              graphdef: Any, threshold: float, pd_fa_relative: bool,
-              mesh: jax.sharding.Mesh) -> Any:
-  """Adds a batch to the metrics' sufficient statistics (nothing is gathered).
-
-  Args:
-    model_state: the model's state.
-    stats: from `metrics.init`, replicated.
-    batch: image (B, H, W, C), mask (B, H, W), valid (B, H, W), sharded.
-    graphdef: the model's graph definition in eval mode.
-    threshold: probability threshold (strict >).
-    pd_fa_relative: GaNet code's Pd/Fa, thresholding each map divided by its
-      maximum (IoU stays absolute); False is BasicIRSTD's absolute threshold.
-    mesh: the device mesh.
-
-  Returns:
-    The updated statistics, replicated.
-  """
-  from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
-  probs = predict_probs(nnx.merge(graphdef, model_state), batch['image'])
-  return _replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
-                                   threshold=threshold, pd_fa_relative=pd_fa_relative),
-                    mesh)
-
-
-@functools.partial(jax.jit, static_argnames=('graphdef', 'mesh'))
-def predict(model_state: Any, images: jax.Array, *, graphdef: Any,
-            mesh: jax.sharding.Mesh) -> jax.Array:
-  """Probabilities (B, H, W), gathered on every host: only for a few pictures."""
-  return _replicate(predict_probs(nnx.merge(graphdef, model_state), images), mesh)
-
-
-def predict_probs(model: nnx.Module, images: jax.Array) -> jax.Array:
-  return jax.nn.sigmoid(model(images))[..., 0]
-
-
-@dataclasses.dataclass
-class Program:
-  """A run's steps with their static arguments bound.
-
-  The training state is a pytree {'model': nnx.State, 'opt': nnx.State}; the
-  eval-mode model (running batch-norm statistics) has its own graph
-  definition but the same state structure as the train-mode one.
-  """
-  train_step: Callable[..., Any]
-  eval_step: Callable[..., Any]
-  predict: Callable[..., Any]
-
-
-def make_program(model: nnx.Module, optimizer: nnx.Optimizer,
-                 config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                 ) -> tuple[Program, dict[str, Any]]:
-  """Splits model and optimizer, binds the steps to them and to `mesh`.
-
-  Args:
-    model: the model in train mode.
-    optimizer: its optimizer.
-    config: the run's config (loss and eval threshold).
-    mesh: the device mesh; state is replicated, batches sharded on 'data'.
-
-  Returns:
-    The program and the initial state, replicated on `mesh`.
-  """
-  graphdef_model, model_state = nnx.split(model)
-  graphdef_opt, opt_state = nnx.split(optimizer)
-  model.eval()
-  graphdef_eval = nnx.graphdef(model)
-  model.train()
-  state = jax.device_put({'model': model_state, 'opt': opt_state},
-                         sharding.replicated(mesh))
-  program = Program(
-      train_step=functools.partial(
-          train_step, graphdefs=(graphdef_model, graphdef_opt),
-          loss_options=(config.loss.reduction, float(config.loss.smooth)), mesh=mesh),
-      eval_step=functools.partial(eval_step, graphdef=graphdef_eval,
-                                  threshold=float(config.eval.threshold),
-                                  pd_fa_relative=bool(config.eval.pd_fa_relative), mesh=mesh),
-      predict=functools.partial(predict, graphdef=graphdef_eval, mesh=mesh))
-  return program, state
-
-
-def to_pure(state: dict[str, Any]) -> dict[str, Any]:
-  """The state as nested dicts of arrays, as checkpoints store it."""
-  return {k: nnx.to_pure_dict(v) for k, v in state.items()}
-
-
-def from_pure(state: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
-  """Writes checkpointed arrays into `state` (in place) and returns it."""
-  for key, value in state.items():
-    nnx.replace_by_pure_dict(value, pure[key])
-  return state
-
-
 # ---------------------------------------------------------------------------
 # Data.
 
@@ -336,13 +197,13 @@ def _device_eval_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
 # ---------------------------------------------------------------------------
 # Evaluation.
 
-def evaluate(program: Program, model_state: Any, batches: Iterator[dict[str, Any]],
+def evaluate(program: steps.Program, model_state: Any, batches: Iterator[dict[str, Any]],
              mesh: jax.sharding.Mesh, *, num_examples: int = 0,
              pd_fa_curve: bool = False) -> tuple[dict[str, Any], list[reporting.Example]]:
   """All metrics of the model on `batches`, accumulated on the devices.
 
   Args:
-    program: from `make_program`.
+    program: from `steps.make_program`.
     model_state: the model part of the training state.
     batches: from `eval_batches` (image, mask, valid, id).
     mesh: the device mesh.
@@ -368,7 +229,7 @@ def evaluate(program: Program, model_state: Any, batches: Iterator[dict[str, Any
   return metrics.compute(sharding.to_host(stats)), examples
 
 
-def predict_examples(program: Program, model_state: Any, batches: Iterator[dict[str, Any]],
+def predict_examples(program: steps.Program, model_state: Any, batches: Iterator[dict[str, Any]],
                      mesh: jax.sharding.Mesh, limit: int) -> list[reporting.Example]:
   """Predictions for the first `limit` images (no metrics; stops early)."""
   examples: list[reporting.Example] = []
@@ -393,12 +254,12 @@ def _overlay_limit(config) -> int:
 def _restore(checkpoints, step, state, workdir):
   """Checkpoint `step` into `state` (same shapes and shardings), and its meta."""
   try:
-    pure, meta = checkpoints.restore(step, to_pure(state))
+    pure, meta = checkpoints.restore(step, steps.to_pure(state))
   except ValueError as error:  # Shapes or structure differ.
     raise IncompatibleWorkdirError(
         f'Checkpoint {step} in {workdir} does not fit this config\'s model: '
         f'{error}. Use a new --workdir, or the config that wrote this one.') from error
-  return from_pure(state, pure), meta
+  return steps.from_pure(state, pure), meta
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -470,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   model = create_model(config)
   num_params = count_params(model)
-  program, state = make_program(model, create_optimizer(model, config, learning_rate_fn),
+  program, state = steps.make_program(model, create_optimizer(model, config, learning_rate_fn),
                                 config, mesh)
   description = model_description(config)
   checkpoints = checkpointing.Checkpoints(
@@ -506,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
             'best': best, 'last_eval': last_eval, 'model': description,
             'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
-    checkpoints.save(step, to_pure(state), meta,
+    checkpoints.save(step, steps.to_pure(state), meta,
                      metrics=None if result is None else reporting.scalar_metrics(result))
 
   progress = _progress_bar(total_steps, step, is_chief)
@@ -629,8 +490,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   split = split or config.eval.split
   (source,) = load_sources(config, (split,))
   model = create_model(config)
-  program, state = make_program(model, create_optimizer(model, config, optax.constant_schedule(0.0)),
-                                config, mesh)
+  optimizer = create_optimizer(model, config, optax.constant_schedule(0.0))
+  program, state = steps.make_program(model, optimizer, config, mesh)
   checkpoints = checkpointing.Checkpoints(
       os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
       best_metric=config.eval.best_metric)
@@ -647,7 +508,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     with open(os.path.join(workdir, f'eval_{split}_{name}.json'), 'w', encoding='utf-8') as f:
       json.dump({'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint),
-                 'metrics': summary._to_json(result)}, f, indent=1)  # pylint: disable=protected-access
+                 'metrics': summary.to_json(result)}, f, indent=1)
   _print(reporting.summary_table([(f'{checkpoint} (step {step})', meta['epoch'], scalars)],
                        count_params(model)))
   checkpoints.close()

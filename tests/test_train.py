@@ -19,6 +19,7 @@ import pytest
 from irstd_jax import checkpointing
 from irstd_jax import config_lib
 from irstd_jax import sharding
+from irstd_jax import steps
 from irstd_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,9 +101,9 @@ def final_state(config, workdir, step=None):
   mesh = sharding.create_mesh()
   model = train.create_model(config)
   optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
-  _, state = train.make_program(model, optimizer, config, mesh)
+  _, state = steps.make_program(model, optimizer, config, mesh)
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
-  pure, meta = checkpoints.restore(step or checkpoints.latest_step(), train.to_pure(state))
+  pure, meta = checkpoints.restore(step or checkpoints.latest_step(), steps.to_pure(state))
   checkpoints.close()
   return jax.tree.map(np.asarray, pure), meta
 
@@ -249,14 +250,14 @@ def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
     mesh = sharding.create_mesh(devices)
     model = train.create_model(config)
     optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
-    program, state = train.make_program(model, optimizer, config, mesh)
+    program, state = steps.make_program(model, optimizer, config, mesh)
     losses = []
     for batch in batches:
       from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
       state, outputs = program.train_step(
           state, input_pipeline.shard_batch(batch, sharding.batch_sharded(mesh)))
       losses.append(float(outputs['loss']))
-    results.append((losses, jax.tree.map(np.asarray, train.to_pure(state))))
+    results.append((losses, jax.tree.map(np.asarray, steps.to_pure(state))))
   (losses_1, state_1), (losses_4, state_4) = results
   np.testing.assert_allclose(losses_4, losses_1, rtol=1e-6)
   assert losses_1[2] != losses_1[0]  # The steps changed the model.
