@@ -41,10 +41,9 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint)
-  except (train.NonFiniteLossError, train.IncompatibleWorkdirError,
+  except (train.NonFiniteLossError, train.IncompatibleWorkdirError, train.DatasetError,
           FileNotFoundError) as error:
     # Errors with a message meant for the user: no traceback to dig through.
-    logging.error('%s', error)
     raise SystemExit(f'Error: {error}') from None
 
 

@@ -149,9 +149,19 @@ def load_sources(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> 
   """Random-access sources of `config.dataset` for `splits`."""
   from irstd_jax import datasets  # pylint: disable=g-import-not-at-top
   ds = config.dataset
-  return [datasets.load(ds.name, split, source_dir=ds.source_dir,
-                        data_dir=ds.data_dir, **_plain(ds.get('options', {})))
-          for split in splits]
+  try:
+    return [datasets.load(ds.name, split, source_dir=ds.source_dir,
+                          data_dir=ds.data_dir, **_plain(ds.get('options', {})))
+            for split in splits]
+  except ValueError as error:  # The datasets' messages say what is missing and the fix.
+    raise DatasetError(
+        f'{error}\nWith irstd_jax.main: --config.dataset.source_dir=PATH for the raw '
+        'data, --config.dataset.data_dir=PATH (or $IRSTD_DATA_DIR) for the built '
+        'files.') from error
+
+
+class DatasetError(ValueError):
+  """The config's dataset cannot be loaded (missing, incomplete or misnamed)."""
 
 
 def _mean_std(config):

@@ -289,6 +289,14 @@ def test_refuses_to_resume_into_another_model(trained, config_file, data_dir):
     train.evaluate_checkpoint(other, workdir)
 
 
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  config = config_lib.load_config(str(REPO / 'configs' / 'ganet.py'))
+  config.dataset.source_dir = str(tmp_path / 'no_such_folder')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(train.DatasetError, match='--config.dataset.source_dir=PATH'):
+    train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
