@@ -43,12 +43,4 @@ def get_config(arg=None):
   c.schedule.decay_epochs = (200, 300)
   c.schedule.decay_factor = 0.1
   c.input.batch_size = 4
-  if arg.protocol == 'basicirstd':
-    config_lib.use_basicirstd_protocol(c)
-  elif arg.protocol != 'code':
-    raise ValueError(f"protocol must be 'code' or 'basicirstd', got {arg.protocol!r}.")
-  if arg.quick:
-    config_lib.make_quick(c)
-  if arg.epochs:
-    config_lib.set_epochs(c, arg.epochs)
-  return c
+  return config_lib.apply_variants(c, arg)

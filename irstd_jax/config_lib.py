@@ -166,6 +166,24 @@ def use_basicirstd_protocol(c: ml_collections.ConfigDict) -> None:
   c.eval.resolution = 'native'
 
 
+def apply_variants(c: ml_collections.ConfigDict,
+                   arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Applies the shared `:protocol=`, `:quick` and `:epochs=` arguments.
+
+  Every config ends with these, in this order (protocol first, so that quick
+  and epochs shrink whichever recipe was chosen).
+  """
+  if arg.protocol == 'basicirstd':
+    use_basicirstd_protocol(c)
+  elif arg.protocol != 'code':
+    raise ValueError(f"protocol must be 'code' or 'basicirstd', got {arg.protocol!r}.")
+  if arg.quick:
+    make_quick(c)
+  if arg.epochs:
+    set_epochs(c, arg.epochs)
+  return c
+
+
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs `get_config(arg)` of a config file given by path.
 
