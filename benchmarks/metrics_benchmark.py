@@ -84,6 +84,16 @@ def _pd_fa_official(predicted, labels):
   return len(label), matched, (predicted - true_img).sum()
 
 
+def _summary(tp, fp, fn, inter, union, ious, pd_fa, pixels, tpr, fpr):
+  """The metrics dict both reference implementations return, from their sums."""
+  precision, recall = tp / (EPS + tp + fp), tp / (EPS + tp + fn)
+  return dict(miou=inter / (EPS + union), niou=np.mean(ious),
+              precision=precision, recall=recall,
+              f1=2 * precision * recall / (EPS + precision + recall),
+              pd=pd_fa[0, 1] / pd_fa[0, 0], fa=pd_fa[0, 2] / pixels,
+              tpr=tpr, fpr=fpr)
+
+
 def official(preds, masks, curve=CURVE):
   inter = union = correct = labeled = tp = fp = fn = 0
   ious, pd_fa = [], np.zeros((1 + len(curve), 3))
@@ -118,12 +128,8 @@ def official(preds, masks, curve=CURVE):
     for k, threshold in enumerate((0.5,) + tuple(curve)):
       pd_fa[k] += _pd_fa_official((pred > threshold).astype(np.int64), labels)
     pixels += pred.size
-  precision, recall = tp / (EPS + tp + fp), tp / (EPS + tp + fn)
-  return dict(miou=inter / (EPS + union), niou=np.mean(ious),
-              precision=precision, recall=recall,
-              f1=2 * precision * recall / (EPS + precision + recall),
-              pd=pd_fa[0, 1] / pd_fa[0, 0], fa=pd_fa[0, 2] / pixels,
-              tpr=roc_tp / (roc_pos + 0.001), fpr=roc_fp / (roc_neg + 0.001))
+  return _summary(tp, fp, fn, inter, union, ious, pd_fa, pixels,
+                  roc_tp / (roc_pos + 0.001), roc_fp / (roc_neg + 0.001))
 
 
 def lean(preds, masks, curve=CURVE):
@@ -165,13 +171,8 @@ def lean(preds, masks, curve=CURVE):
           hit_pixels += areas[near[0]]
       pd_fa[k] += (len(targets), matched, np.count_nonzero(fg) - hit_pixels)
     pixels += pred.size
-  precision, recall = tp / (EPS + tp + fp), tp / (EPS + tp + fn)
-  return dict(miou=inter / (EPS + union), niou=np.mean(ious),
-              precision=precision, recall=recall,
-              f1=2 * precision * recall / (EPS + precision + recall),
-              pd=pd_fa[0, 1] / pd_fa[0, 0], fa=pd_fa[0, 2] / pixels,
-              tpr=roc_tp / (positives + 0.001),
-              fpr=roc_fp / (negatives + 0.001))
+  return _summary(tp, fp, fn, inter, union, ious, pd_fa, pixels,
+                  roc_tp / (positives + 0.001), roc_fp / (negatives + 0.001))
 
 
 def _timed(fn):
