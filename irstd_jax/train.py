@@ -264,12 +264,12 @@ def _overlay_limit(config) -> int:
 def _restore(checkpoints, step, state, workdir):
   """Checkpoint `step` into `state` (same shapes and shardings), and its meta."""
   try:
-    pure, meta = checkpoints.restore(step, steps.to_pure(state))
+    restored, meta = checkpoints.restore(step, state)
   except ValueError as error:  # Shapes or structure differ.
     raise IncompatibleWorkdirError(
         f'Checkpoint {step} in {workdir} does not fit this config\'s model: '
         f'{error}. Use a new --workdir, or the config that wrote this one.') from error
-  return steps.from_pure(state, pure), meta
+  return restored, meta
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -377,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
             'best': best, 'last_eval': last_eval, 'model': description,
             'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
-    checkpoints.save(step, steps.to_pure(state), meta,
+    checkpoints.save(step, state, meta,
                      metrics=None if result is None else reporting.scalar_metrics(result))
 
   progress = _progress_bar(total_steps, step, is_chief)

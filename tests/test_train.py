@@ -103,7 +103,7 @@ def final_state(config, workdir, step=None):
   optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
   _, state = steps.make_program(model, optimizer, config, mesh)
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
-  pure, meta = checkpoints.restore(step or checkpoints.latest_step(), steps.to_pure(state))
+  pure, meta = checkpoints.restore(step or checkpoints.latest_step(), state)
   checkpoints.close()
   return jax.tree.map(np.asarray, pure), meta
 
@@ -208,6 +208,33 @@ def test_eval_mode_reproduces_the_logged_best_metrics(trained):
   assert json.loads(pathlib.Path(workdir, name).read_text())['metrics']['miou'] == result['miou']
 
 
+def test_mixed_size_evaluation_compiles_once_per_bucket(config_file, data_dir):
+  """Nine image sizes (seven padded shapes), two buckets: two compilations."""
+  from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
+  config = tiny_config(config_file, data_dir)
+  config.eval.max_shapes = 2
+  sizes = [(20, 20), (20, 60), (60, 20), (40, 40), (70, 90), (96, 80),
+           (90, 40), (30, 90), (64, 64)]
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 256, (h, w, 1), np.uint8),
+             'mask': (rng.random((h, w, 1)) > 0.98).astype(np.uint8), 'id': f'image{i}'}
+            for i, (h, w) in enumerate(sizes)]
+  padded = {(-(-h // 32) * 32, -(-w // 32) * 32) for h, w in sizes}
+  mesh = sharding.create_mesh()
+  model = train.create_model(config)
+  optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
+  program, state = steps.make_program(model, optimizer, config, mesh)
+  batches = list(train.eval_batches(config, source))
+  assert len(padded) == 7
+  assert len({b['image'].shape for b in batches}) == 2
+  assert sorted(i for b in batches for i in b['id'] if i) == sorted(s['id'] for s in source)
+  with jax_side.count_compilations() as compiled:
+    first, _ = train.evaluate(program, state['model'], iter(batches), mesh)
+    second, _ = train.evaluate(program, state['model'], iter(batches), mesh)
+  assert compiled.count('jit(eval_step)') == 2
+  assert first['miou'] == second['miou'] and first['pd'] == second['pd']
+
+
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
                                                         tmp_path, monkeypatch):
   config, workdir, _ = trained
@@ -257,7 +284,7 @@ def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
       state, outputs = program.train_step(
           state, input_pipeline.shard_batch(batch, sharding.batch_sharded(mesh)))
       losses.append(float(outputs['loss']))
-    results.append((losses, jax.tree.map(np.asarray, steps.to_pure(state))))
+    results.append((losses, jax.tree.map(np.asarray, state)))
   (losses_1, state_1), (losses_4, state_4) = results
   np.testing.assert_allclose(losses_4, losses_1, rtol=1e-6)
   assert losses_1[2] != losses_1[0]  # The steps changed the model.
