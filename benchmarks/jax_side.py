@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from irstd_jax import convert, losses, models
+from irstd_jax import convert, losses, models, steps
 
 # The official loss reductions (see irstd_jax.losses.soft_iou_loss).
 LOSS_REDUCTION = {'ganet': 'batch', 'unet': 'batch', 'gglnet': 'sample'}
@@ -32,21 +32,23 @@ BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
 @contextlib.contextmanager
-def count_compilations() -> Iterator[list[float]]:
-  """Collects the duration of every XLA backend compilation inside the block.
+def count_compilations() -> Iterator[list[str]]:
+  """Collects the name of every function XLA compiles inside the block.
 
   A cache hit (same function, shapes and dtypes) does not compile and is not
-  counted, so `len()` of the yielded list is the number of recompilations.
+  counted, so `len()` of the yielded list is the number of (re)compilations,
+  and `list.count('jit(eval_step)')` those of one jitted function.
   """
-  durations: list[float] = []
+  names: list[str] = []
 
-  def listener(event: str, duration: float, **_) -> None:
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration
     if event == BACKEND_COMPILE_EVENT:
-      durations.append(duration)
+      names.append(str(kwargs.get('fun_name', '?')))
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    yield durations
+    yield names
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
 
@@ -153,8 +155,13 @@ class JaxBench:
   """
 
   def __init__(self, model: nnx.Module, *, reduction: str,
-               learning_rate: float = 5e-4, compute_dtype=jnp.float32):
+               learning_rate: float = 5e-4, compute_dtype=jnp.float32,
+               xla_defaults: bool = False):
     self.reduction = reduction
+    # The project's per-executable XLA options (irstd_jax.steps), unless
+    # timing XLA's defaults to compare.
+    self.compiler_options = (None if xla_defaults
+                             else steps.compiler_options(jax.default_backend()))
     self.compute_dtype = compute_dtype
     self.tx = optax.adam(learning_rate)
     model.train()
@@ -196,14 +203,16 @@ class JaxBench:
     return jax.nn.sigmoid(model(images.astype(cdt)).astype(jnp.float32))
 
   def compile_train(self, images, masks) -> Compiled:
-    jitted = jax.jit(self._train_step, donate_argnums=0)
+    jitted = jax.jit(self._train_step, donate_argnums=0,
+                     compiler_options=self.compiler_options)
     self.train_compiled = compile_timed(jitted, self.state, images, masks)
     return self.train_compiled
 
   def compile_infer(self, images) -> Compiled:
     if images.shape[0] in self.infer_compiled:
       return self.infer_compiled[images.shape[0]]
-    compiled = compile_timed(jax.jit(self._infer), self.state, images)
+    compiled = compile_timed(
+        jax.jit(self._infer, compiler_options=self.compiler_options), self.state, images)
     self.infer_compiled[images.shape[0]] = compiled
     return compiled
 

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
                  help='JAX compute dtype (parameters, Adam and batch-norm '
                  'statistics stay float32).')
+  p.add_argument('--xla-defaults', action='store_true',
+                 help="JAX with XLA's default options instead of the project's "
+                 '(irstd_jax.steps.compiler_options), to measure what they change.')
   p.add_argument('--skip-metrics', action='store_true',
                  help='do not time irstd_jax.metrics.evaluate.')
   p.add_argument('--quick', action='store_true',
@@ -75,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _environment(args, threads: dict) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
+  from irstd_jax import steps  # pylint: disable=g-import-not-at-top
   cpu = 'unknown'
   try:
     with open('/proc/cpuinfo') as f:
@@ -93,6 +97,8 @@ def _environment(args, threads: dict) -> dict[str, Any]:
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
       'precision': args.precision,
+      'xla_options': ('XLA defaults' if args.xla_defaults else
+                      steps.compiler_options(jax.default_backend())),
       'command': ' '.join(['python -m benchmarks.run', *sys.argv[1:]]),
       'load_average_start': timing.load_average(),
   }
@@ -131,7 +137,7 @@ def run_case(name: str, size: int, args, reference_dir, peak_flops: float) -> di
   model = jax_side.build_model(name, size, state_dict=state_dict)
   cdt = jnp.bfloat16 if args.precision == 'bfloat16' else jnp.float32
   bench = jax_side.JaxBench(model, reduction=jax_side.LOSS_REDUCTION[name],
-                            compute_dtype=cdt)
+                            compute_dtype=cdt, xla_defaults=args.xla_defaults)
   with jax_side.count_compilations() as compiles:
     train_c = bench.compile_train(images, masks)
     infer1_c = bench.compile_infer(single)

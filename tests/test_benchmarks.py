@@ -26,12 +26,16 @@ def test_count_compilations_counts_only_new_shapes():
   import jax
   import numpy as np
   from benchmarks import jax_side
-  f = jax.jit(lambda x: x * 2 + 1)
+
+  @jax.jit
+  def double_plus_one(x):
+    return x * 2 + 1
+
   inputs = [np.ones((n,), np.float32) for n in (3, 4, 3, 5, 4)]
   with jax_side.count_compilations() as compiles:
     for x in inputs:
-      f(x)
-  assert len(compiles) == 3
+      double_plus_one(x)
+  assert compiles == ['jit(double_plus_one)'] * 3
 
 
 def test_run_command_smoke(tmp_path):
