@@ -119,3 +119,19 @@ def test_batch_normalize_closed_form_gradient_matches_autodiff():
       cts = tuple(jnp.asarray(c, jnp.float64) for c in cts)
       np.testing.assert_allclose(np.asarray(vjp(cts)[0]), np.asarray(ref_vjp(cts)[0]),
                                  rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum():
+  """Ties included (ReLU zeros), as torch: first maximum in row-major order."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 3, size=(2, 7, 9, 3)).astype(np.float32)  # Many ties.
+  dy = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+  expected = np.zeros_like(x)
+  for b, i, j, c in np.ndindex(dy.shape):
+    window = x[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+    r, s = np.unravel_index(np.argmax(window), (2, 2))  # First maximum.
+    expected[b, 2 * i + r, 2 * j + s, c] = dy[b, i, j, c]
+  y, vjp = jax.vjp(lambda v: layers.max_pool(v, 2), jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y), x[:, :6, :8].reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4)))
+  np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(dy))[0]), expected)

@@ -183,9 +183,49 @@ class BatchNorm2d(nnx.BatchNorm):
 
 
 def max_pool(x: jax.Array, size: int = 2, stride: int | None = None) -> jax.Array:
-  """`nn.MaxPool2d(size, stride)` without padding on NHWC."""
+  """`nn.MaxPool2d(size, stride)` without padding on NHWC.
+
+  Non-overlapping windows (stride == size, all the models use) take
+  `_max_pool_tiles`: XLA's generic max-pool gradient (select-and-scatter)
+  is rewritten on the CPU into index tensors and a scatter, which cost more
+  than the pooling itself.
+  """
   stride = size if stride is None else stride
+  if stride == size:
+    return _max_pool_tiles(x, size)
   return nnx.max_pool(x, (size, size), strides=(stride, stride), padding='VALID')
+
+
+def _tiles(x: jax.Array, k: int) -> jax.Array:
+  """(B, H//k, k, W//k, k, C) view of NHWC `x`, the remainder rows / cols dropped."""
+  b, h, w, c = x.shape
+  return x[:, :h // k * k, :w // k * k].reshape(b, h // k, k, w // k, k, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_tiles(x: jax.Array, k: int) -> jax.Array:
+  """Max over non-overlapping k x k windows; the gradient goes to each window's
+  first maximum in row-major order, as torch's max pooling routes it."""
+  return jnp.max(_tiles(x, k), axis=(2, 4))
+
+
+def _max_pool_tiles_fwd(x, k):
+  y = _max_pool_tiles(x, k)
+  return y, (x, y)
+
+
+def _max_pool_tiles_bwd(k, residuals, dy):
+  x, y = residuals
+  order = (jnp.arange(k)[:, None] * k + jnp.arange(k)).reshape(1, 1, k, 1, k, 1)
+  hits = _tiles(x, k) == y[:, :, None, :, None]
+  first = jnp.min(jnp.where(hits, order, k * k), axis=(2, 4), keepdims=True)
+  dx = jnp.where(order == first, dy[:, :, None, :, None], 0).astype(dy.dtype)
+  b, h, w, c = x.shape
+  dx = dx.reshape(b, h // k * k, w // k * k, c)
+  return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
+
+
+_max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
 
 
 @functools.lru_cache(maxsize=256)
