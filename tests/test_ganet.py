@@ -262,19 +262,20 @@ def test_import_pulls_no_torch_or_tensorflow():
   subprocess.run([sys.executable, '-c', code], check=True)
 
 
-def test_difference_op_conv_matches_fixture(fixture, state_dict, eval_model):
-  """The grouped dilated convolution path (issue 2's formulation) equals the
-  default shifted slices and the official outputs."""
+@pytest.mark.parametrize('difference_op', ['slices', 'conv'])
+def test_other_difference_ops_match_fixture(fixture, state_dict, eval_model, difference_op):
+  """Shifted slices and the official grouped dilated convolution (issue 2's
+  formulation) give the official outputs, and the default folded
+  convolution's GradFormer outputs."""
   model = convert.from_torch('ganet', state_dict, img_size=int(fixture['img_size']),
-                             difference_op='conv')
+                             difference_op=difference_op)
   model.eval()
   x = _nhwc(fixture['eval_input'])
   probs = _nchw(jax.nn.sigmoid(_forward(model, x)))
   assert np.abs(probs - fixture['eval_output']).max() <= fixture['tol/eval_output']
-  gf_conv, gf_slices = model.contras2, eval_model.contras2
-  h = jax.random.normal(jax.random.key(1), (2, 16, 24, gf_conv.channels))
-  for d in gf_conv.dilations:
-    np.testing.assert_allclose(gf_conv.differences(h, d),
-                               gf_slices.differences(h, d), rtol=0, atol=1e-6)
+  assert eval_model.contras2.difference_op == 'folded'
+  h = jax.random.normal(jax.random.key(1), (2, 16, 24, model.contras2.channels))
+  ours, folded = model.contras2(h), eval_model.contras2(h)
+  np.testing.assert_allclose(ours, folded, rtol=0, atol=1e-5 * float(jnp.abs(folded).max()))
   with pytest.raises(ValueError, match='difference_op'):
     models.build('ganet', difference_op='fft')

@@ -29,6 +29,7 @@ from irstd_jax.models import layers
 # The eight neighbours, as (row, col) in a 3x3 window, in the official order:
 # four from the top-left clockwise to the right, then their point reflections.
 _NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
+DIFFERENCE_OPS = ('folded', 'slices', 'conv')
 
 
 @functools.lru_cache(maxsize=32)
@@ -39,6 +40,21 @@ def _difference_kernel(channels: int) -> np.ndarray:
   for k, (row, col) in enumerate(_NEIGHBOURS):
     kernel[row, col, 0, :, k] -= 1.0
   return kernel.reshape(3, 3, 1, channels * 8)
+
+
+def _folded_kernel(projection: jax.Array, channels: int) -> jax.Array:
+  """HWIO (3, 3, C, N) kernel equal to the 8 differences followed by `projection`.
+
+  `projection` (8C, N) maps the differences (channel k * C + c: input channel
+  c minus neighbour k) to N outputs. It is linear in the 3x3 neighbourhood:
+  the centre tap is the sum of the eight (C, N) slabs, neighbour k's tap is
+  minus slab k.
+  """
+  slabs = projection.reshape(8, channels, projection.shape[-1])
+  taps = {position: -slabs[k] for k, position in enumerate(_NEIGHBOURS)}
+  taps[(1, 1)] = jnp.sum(slabs, axis=0)
+  return jnp.stack([taps[(row, col)] for row in range(3) for col in range(3)]).reshape(
+      3, 3, channels, projection.shape[-1])
 
 
 def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
@@ -111,21 +127,28 @@ class GradFormer(nnx.Module):
   """Gradient attention on a skip connection (`ExpansionContrastModule`).
 
   Per head (one per dilation d): the eight centre-minus-neighbour differences
-  at distance d (shifted slices, or one fixed grouped dilated convolution
-  per head with `difference_op='conv'`; equal results); queries from the input,
-  keys and values from the differences (1x1 convs); L2-normalised over pixels,
+  at distance d; queries from the input, keys and values from the
+  differences (1x1 convs); L2-normalised over pixels,
   a (C/heads x 8C/heads) attention matrix per head, divided by
   sqrt(area), instance-normalised, soft-maxed, applied to the values; then a
   1x1 conv + BN + ReLU. `area` is (img_size / stride)^2 fixed at construction,
   as in the official code (it only matters through the instance norm's eps).
+
+  `difference_op` chooses how the keys and values are computed, with equal
+  results up to float rounding: 'folded' (default) folds the differences into
+  the key / value weights, one dense 3x3 dilated convolution per head, so
+  nothing of 8C channels is materialised; 'slices' takes the differences as
+  shifted slices of the padded input, then a 1x1 projection; 'conv' takes
+  them with the official fixed grouped dilated convolution. On the CPU,
+  'folded' was the fastest for training and inference (README Performance).
   """
 
   def __init__(self, channels: int, width: int, height: int,
-               dilations: Sequence[int], difference_op: str = 'slices', *,
+               dilations: Sequence[int], difference_op: str = 'folded', *,
                rngs: nnx.Rngs):
-    if difference_op not in ('slices', 'conv'):
+    if difference_op not in DIFFERENCE_OPS:
       raise ValueError(
-          f"difference_op must be 'slices' or 'conv', got {difference_op!r}.")
+          f'difference_op must be one of {DIFFERENCE_OPS}, got {difference_op!r}.')
     self.difference_op = difference_op
     num_heads = len(dilations)
     if channels % num_heads:
@@ -154,10 +177,9 @@ class GradFormer(nnx.Module):
     """(B, H, W, 8C): x minus its 8 neighbours at `dilation`, zero padded.
 
     Channel `k * C + c` holds input channel c minus neighbour k, the official
-    order. Shifted slices of the padded input rather than the official fixed
-    grouped convolution: XLA fuses them into one elementwise loop, while on
-    CPU the grouped dilated convolution (and above all its transpose in the
-    backward pass) took most of a GaNet train step (benchmarks/, issue 6).
+    order. With 'conv', the official fixed grouped dilated convolution
+    (whose transpose took most of a GaNet train step on the CPU); otherwise
+    shifted slices of the padded input, which XLA fuses into one loop.
     """
     _, h, w, c = x.shape
     d = dilation
@@ -192,10 +214,16 @@ class GradFormer(nnx.Module):
     keys, values = [], []
     for dilation, key_conv, value_conv in zip(
         self.dilations, self.key_convs, self.value_convs):
-      diffs = self.differences(x, dilation)
       wkv = jnp.concatenate(
           [_conv1x1_kernel(key_conv), _conv1x1_kernel(value_conv)], axis=-1)
-      kv = jnp.einsum('bhwc,cn->bhwn', diffs, wkv)
+      if self.difference_op == 'folded':
+        kv = jax.lax.conv_general_dilated(
+            x, _folded_kernel(wkv, c), window_strides=(1, 1),
+            padding=((dilation, dilation), (dilation, dilation)),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      else:
+        kv = jnp.einsum('bhwc,cn->bhwn', self.differences(x, dilation), wkv)
       keys.append(kv[..., :8 * hidden])
       values.append(kv[..., 8 * hidden:])
     # The same memory reinterpretation as for the queries.
@@ -287,6 +315,8 @@ class GaNet(nnx.Module):
     img_size: the training image size; GradFormer at stride s divides its
       attention by img_size / s (the official constructor argument).
     base_channels: the width of the first stage (16 in the official code).
+    difference_op: how GradFormer computes its keys and values: 'folded'
+      (fastest), 'slices' or 'conv' (see GradFormer); equal up to rounding.
     rngs: initialisation RNGs.
 
   Input height and width must be multiples of 32 with GFEM (it pools the
@@ -301,7 +331,7 @@ class GaNet(nnx.Module):
   def __init__(self, in_channels: int = 1, dilations: Sequence[int] = (1, 3),
                use_gradformer: bool = True, use_gfem: bool = True,
                img_size: int = 256, base_channels: int = 16,
-               difference_op: str = 'slices', *, rngs: nnx.Rngs):
+               difference_op: str = 'folded', *, rngs: nnx.Rngs):
     dilations = tuple(int(d) for d in dilations)
     if not dilations or min(dilations) < 1:
       raise ValueError(f'dilations must be positive integers, got {dilations}.')
