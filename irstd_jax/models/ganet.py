@@ -207,7 +207,7 @@ class GradFormer(nnx.Module):
     # results as (B, hidden, heads, H, W) and reinterprets that memory as
     # (B, heads, hidden, H*W); in NHWC that is a plain reshape of
     # (..., hidden, heads) ordered channels, so the weights are arranged so.
-    wq = jnp.stack([_conv1x1_kernel(q) for q in self.query_convs], axis=-1)
+    wq = jnp.stack([_conv1x1_kernel(q) for q in self.query_convs], axis=-1).astype(x.dtype)
     queries = jnp.einsum('bhwc,cn->bhwn', x, wq.reshape(c, hidden * num_heads))
     queries = queries.reshape(b, pixels, num_heads, hidden)
 
@@ -215,7 +215,7 @@ class GradFormer(nnx.Module):
     for dilation, key_conv, value_conv in zip(
         self.dilations, self.key_convs, self.value_convs):
       wkv = jnp.concatenate(
-          [_conv1x1_kernel(key_conv), _conv1x1_kernel(value_conv)], axis=-1)
+          [_conv1x1_kernel(key_conv), _conv1x1_kernel(value_conv)], axis=-1).astype(x.dtype)
       if self.difference_op == 'folded':
         kv = jax.lax.conv_general_dilated(
             x, _folded_kernel(wkv, c), window_strides=(1, 1),
@@ -230,14 +230,15 @@ class GradFormer(nnx.Module):
     keys = jnp.stack(keys, axis=-1).reshape(b, pixels, num_heads, 8 * hidden)
     values = jnp.stack(values, axis=-1).reshape(b, pixels, num_heads, 8 * hidden)
 
-    queries = _l2_normalize(queries, axis=1)
-    keys = _l2_normalize(keys, axis=1)
+    # Normalisations and softmax in float32 (no-op casts in the float32 path).
+    queries = _l2_normalize(queries.astype(jnp.float32), axis=1)
+    keys = _l2_normalize(keys.astype(jnp.float32), axis=1)
     scores = jnp.einsum('bpni,bpnj->bnij', queries, keys) / math.sqrt(self.area)
     # nn.InstanceNorm2d(heads): per (sample, head), biased variance, eps 1e-5.
     mean = jnp.mean(scores, axis=(2, 3), keepdims=True)
     var = jnp.mean(jnp.square(scores - mean), axis=(2, 3), keepdims=True)
     scores = (scores - mean) * jax.lax.rsqrt(var + 1e-5)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     out = jnp.einsum('bnij,bpnj->bpni', weights, values).reshape(b, h, w, c)
     return jax.nn.relu(self.out_conv[1](self.out_conv[0](out)))
 
@@ -277,7 +278,8 @@ class NonLocalBlock(nnx.Module):
     g = g.reshape(b, -1, inter)
     phi = phi.reshape(b, -1, inter)
     theta = theta.reshape(b, h * w, inter)
-    attn = jax.nn.softmax(jnp.einsum('bpc,bqc->bpq', theta, phi), axis=-1)
+    attn = jax.nn.softmax(jnp.einsum('bpc,bqc->bpq', theta, phi).astype(jnp.float32),
+                          axis=-1).astype(g.dtype)
     y = jnp.einsum('bpq,bqc->bpc', attn, g).reshape(b, h, w, inter)
     return self.W[1](self.W[0](y))
 
@@ -317,6 +319,10 @@ class GaNet(nnx.Module):
     base_channels: the width of the first stage (16 in the official code).
     difference_op: how GradFormer computes its keys and values: 'folded'
       (fastest), 'slices' or 'conv' (see GradFormer); equal up to rounding.
+    dtype: compute dtype; None / 'float32' is the exact (parity) path,
+      'bfloat16' is mixed precision for GPUs and TPUs (parameters, optimizer
+      state, batch-norm statistics, normalisations and softmax stay float32;
+      the logits are float32).
     rngs: initialisation RNGs.
 
   Input height and width must be multiples of 32 with GFEM (it pools the
@@ -331,8 +337,9 @@ class GaNet(nnx.Module):
   def __init__(self, in_channels: int = 1, dilations: Sequence[int] = (1, 3),
                use_gradformer: bool = True, use_gfem: bool = True,
                img_size: int = 256, base_channels: int = 16,
-               difference_op: str = 'folded', *, rngs: nnx.Rngs):
+               difference_op: str = 'folded', dtype=None, *, rngs: nnx.Rngs):
     dilations = tuple(int(d) for d in dilations)
+    self.dtype = layers.compute_dtype(dtype)
     if not dilations or min(dilations) < 1:
       raise ValueError(f'dilations must be positive integers, got {dilations}.')
     if img_size < 8:
@@ -362,10 +369,12 @@ class GaNet(nnx.Module):
     self.decoder2 = UpBlockAttention(ch * 4, ch, rngs=rngs)
     self.decoder1 = UpBlockAttention(ch * 2, ch, rngs=rngs)
     self.outc = layers.Conv2d(ch, 1, 1, rngs=rngs)
+    if self.dtype != jnp.float32:
+      layers.set_compute_dtype(self, self.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, self.multiple, 'GaNet')
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, self.dtype)
 
     def stage(blocks, h):
       for block in blocks:
@@ -387,4 +396,4 @@ class GaNet(nnx.Module):
     d4 = self.decoder4(d5, c4, x4)
     d3 = self.decoder3(d4, c3, x3)
     d2 = self.decoder2(d3, c2, x2)
-    return self.outc(self.decoder1(d2, c1, x1))
+    return self.outc(self.decoder1(d2, c1, x1)).astype(jnp.float32)

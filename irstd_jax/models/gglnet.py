@@ -347,7 +347,8 @@ class GGLNet(nnx.Module):
 
   def __init__(self, in_channels: int = 3, *, main_input: str = 'image',
                supplementary: str = 'gradient', gsm: str = 'res',
-               fusion: str = 'tgfm', ca_ratio: int = 8, rngs: nnx.Rngs):
+               fusion: str = 'tgfm', ca_ratio: int = 8, dtype=None,
+               rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -361,8 +362,13 @@ class GGLNet(nnx.Module):
       fusion: 'tgfm' (official), 'add', 'cam' or 'sam'.
       ca_ratio: reduction ratio r of the TGFM channel attention; the
         narrowest fused level has 16 channels, so r <= 16.
+      dtype: compute dtype; None / 'float32' is the exact (parity) path,
+        'bfloat16' is mixed precision for GPUs and TPUs (parameters,
+        optimizer state and batch-norm statistics stay float32; the gradient
+        image and the logits are float32).
       rngs: initialisation RNGs.
     """
+    self.dtype = layers.compute_dtype(dtype)
     _check_choice('main_input', main_input, MAIN_INPUTS)
     _check_choice('supplementary', supplementary, SUPPLEMENTARY_INPUTS)
     _check_choice('gsm', gsm, GSM_VARIANTS)
@@ -384,6 +390,8 @@ class GGLNet(nnx.Module):
                                      rngs=rngs))
     self.layer = nnx.List([_conv(w[0], w[0], 1, rngs=rngs), _relu,
                            _conv(w[0], 1, 1, rngs=rngs)])
+    if self.dtype != jnp.float32:
+      layers.set_compute_dtype(self, self.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, TOTAL_STRIDE, 'GGLNet')
@@ -391,6 +399,7 @@ class GGLNet(nnx.Module):
     if not jnp.issubdtype(x.dtype, jnp.floating):
       x = x.astype(jnp.float32)
     grad = gradient_magnitude(x)
+    x, grad = x.astype(self.dtype), grad.astype(self.dtype)
     main = grad if self.main_input == 'gradient' else x
     branch = {'gradient': grad, 'image': x, 'none': None}[self.supplementary]
     outs = self.stage(main, branch)
@@ -398,4 +407,4 @@ class GGLNet(nnx.Module):
     out = feats[-1]
     for i in range(len(feats) - 1, 0, -1):
       out = getattr(self, f'sbam{i}')(out, feats[i - 1])
-    return _apply(self.layer, out)
+    return _apply(self.layer, out).astype(jnp.float32)

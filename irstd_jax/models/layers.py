@@ -116,6 +116,35 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *,
   )
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def compute_dtype(dtype) -> np.dtype:
+  """The models' `dtype` option as a numpy dtype; None means float32."""
+  if dtype is None:
+    return np.dtype(np.float32)
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    resolved = None
+  if resolved is None or resolved.name not in COMPUTE_DTYPES:
+    raise ValueError(f'dtype={dtype!r} is not a compute dtype; use one of '
+                     f'{COMPUTE_DTYPES} (None: float32).')
+  return resolved
+
+
+def set_compute_dtype(model: nnx.Module, dtype) -> None:
+  """Mixed precision: every Conv / Linear of `model` computes in `dtype`.
+
+  Flax casts the inputs and the (float32) parameters to a layer's `dtype`
+  inside the op, so parameters, their gradients and the optimizer state stay
+  float32; batch norm (`BatchNorm2d`) keeps float32 statistics by itself.
+  """
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, (nnx.Conv, nnx.Linear)):
+      module.dtype = dtype
+
+
 @jax.custom_vjp
 def batch_normalize(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(x - mean) / sqrt(var + eps) over all axes but the last, with mean and var.
@@ -171,15 +200,17 @@ class BatchNorm2d(nnx.BatchNorm):
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     if use_running_average is None:
       use_running_average = self.use_running_average
+    # Statistics in float32 whatever the compute dtype (mixed precision);
+    # for float32 inputs the casts are no-ops.
     if use_running_average:
-      return super().__call__(x, use_running_average=True)
+      return super().__call__(x, use_running_average=True).astype(x.dtype)
     n = math.prod(x.shape[:-1])
-    y, mean, var = batch_normalize(x, self.epsilon)
+    y, mean, var = batch_normalize(x.astype(jnp.float32), self.epsilon)
     unbiased = var * (n / max(n - 1, 1))
     m = self.momentum
     self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
     self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased)
-    return y * self.scale[...] + self.bias[...]
+    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
 
 
 def max_pool(x: jax.Array, size: int = 2, stride: int | None = None) -> jax.Array:
