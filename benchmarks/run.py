@@ -56,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--matmul-size', type=int, default=2048)
   p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
-                 help='JAX compute dtype (parameters, Adam and batch-norm '
-                 'statistics stay float32).')
+                 help="the JAX models' compute dtype (their dtype option: "
+                 'parameters, Adam and batch-norm statistics stay float32).')
   p.add_argument('--xla-defaults', action='store_true',
                  help="JAX with XLA's default options instead of the project's "
                  '(irstd_jax.steps.compiler_options), to measure what they change.')
@@ -118,7 +118,6 @@ def _figure(unit: str, better: str, jax_value, torch_value=None, **extra) -> dic
 
 def run_case(name: str, size: int, args, reference_dir, peak_flops: float) -> dict:
   """All figures for one model at one size."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
 
@@ -134,10 +133,10 @@ def run_case(name: str, size: int, args, reference_dir, peak_flops: float) -> di
     torch_bench = torch_reference.TorchBench(
         module, reduction=jax_side.LOSS_REDUCTION[name])
 
-  model = jax_side.build_model(name, size, state_dict=state_dict)
-  cdt = jnp.bfloat16 if args.precision == 'bfloat16' else jnp.float32
+  model = jax_side.build_model(name, size, state_dict=state_dict,
+                               options={'dtype': args.precision})
   bench = jax_side.JaxBench(model, reduction=jax_side.LOSS_REDUCTION[name],
-                            compute_dtype=cdt, xla_defaults=args.xla_defaults)
+                            xla_defaults=args.xla_defaults)
   with jax_side.count_compilations() as compiles:
     train_c = bench.compile_train(images, masks)
     infer1_c = bench.compile_infer(single)
