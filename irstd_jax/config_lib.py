@@ -88,7 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
       normalization=ml_collections.FieldReference(None, field_type=str),
   ))
 
-  c.model = ml_collections.ConfigDict(dict(name='ganet', options={}))
+  # dtype: the models' compute dtype. 'float32' is the papers' and the parity
+  # tests' path; 'bfloat16' (mixed precision: parameters, optimizer state and
+  # batch-norm statistics stay float32) is meant for GPUs and TPUs.
+  c.model = ml_collections.ConfigDict(dict(name='ganet', options={}, dtype='float32'))
   # SoftIoU; 'batch' sums over the whole batch (GaNet code), 'sample' averages
   # the per-image ratio (GGL-Net code).
   c.loss = ml_collections.ConfigDict(dict(reduction='batch', smooth=1.0))

@@ -46,11 +46,18 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) 
   """Builds `config.model.name` with `config.model.options`, in train mode.
 
   A name of the form 'package.module:Class' builds that class instead of a
-  registered model, so that user models train with the same loop.
+  registered model, so that user models train with the same loop. A
+  `config.model.dtype` other than float32 is passed as the `dtype` option.
   """
   from irstd_jax import models  # pylint: disable=g-import-not-at-top
   name = config.model.name
   options = model_options(config)
+  dtype = config.model.get('dtype', 'float32')
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.model.dtype={dtype!r}: use 'float32' (default) or "
+                     "'bfloat16' (mixed precision for GPUs and TPUs).")
+  if dtype != 'float32':
+    options['dtype'] = dtype
   rngs = nnx.Rngs(config.seed if seed is None else seed)
   if ':' in name:
     import importlib  # pylint: disable=g-import-not-at-top

@@ -62,3 +62,16 @@ def test_gglnet_basicirstd_protocol():
 
 def test_configs_are_not_an_importable_package():
   assert not (CONFIGS / '__init__.py').exists()
+
+
+def test_model_dtype_reaches_the_model_and_bad_values_are_refused():
+  config = config_lib.base_config()
+  config.model.name = 'unet'
+  config.model.options = dict(base_channels=4)
+  assert train.create_model(config).dtype == 'float32'
+  config.model.dtype = 'bfloat16'
+  assert train.create_model(config).dtype == 'bfloat16'
+  assert 'dtype' not in train.model_description(config)['options']  # Resumable either way.
+  config.model.dtype = 'float64'
+  with pytest.raises(ValueError, match='config.model.dtype'):
+    train.create_model(config)
