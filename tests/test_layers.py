@@ -96,29 +96,58 @@ def test_batchnorm2d_torch_running_statistics():
   np.testing.assert_allclose(np.asarray(bn.mean[...]), running_mean, rtol=1e-5)
 
 
-def test_batch_normalize_closed_form_gradient_matches_autodiff():
-  """The hand-written backward equals differentiating the formula, in float64."""
+def test_batch_norm_train_closed_form_gradient_matches_autodiff():
+  """The hand-written backward equals differentiating the formula, in float64,
+  for the input, scale and bias."""
   import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   x = rng.normal(1.5, 2.0, size=(2, 4, 3, 5))
+  scale, bias = rng.normal(size=5), rng.normal(size=5)
   cotangents = tuple(rng.normal(size=s) for s in (x.shape, (5,), (5,)))
 
-  def by_formula(x):
+  def by_formula(x, scale, bias):
     mean = jnp.mean(x, axis=(0, 1, 2))
     var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-    return (x - mean) / jnp.sqrt(var + 1e-5), mean, var
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias, mean, var
 
   with jax.enable_x64():
-    x64 = jnp.asarray(x, jnp.float64)
-    outs, vjp = jax.vjp(lambda v: layers.batch_normalize(v, 1e-5), x64)
-    ref_outs, ref_vjp = jax.vjp(by_formula, x64)
+    args = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
+    outs, vjp = jax.vjp(lambda *a: layers.batch_norm_train(*a, 1e-5), *args)
+    ref_outs, ref_vjp = jax.vjp(by_formula, *args)
     for out, ref in zip(outs, ref_outs):
       np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-12, atol=1e-12)
     # Only the normalised output (the case in the models), then all three.
     for cts in ((cotangents[0], np.zeros(5), np.zeros(5)), cotangents):
       cts = tuple(jnp.asarray(c, jnp.float64) for c in cts)
-      np.testing.assert_allclose(np.asarray(vjp(cts)[0]), np.asarray(ref_vjp(cts)[0]),
-                                 rtol=1e-10, atol=1e-12)
+      for got, want in zip(vjp(cts), ref_vjp(cts)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('shape', [(4, 64, 64, 16), (3, 5, 7, 2), (1, 1, 1, 8), (2, 16, 16, 256)])
+def test_channel_sum_equals_sum_over_all_but_last_axis(shape):
+  """Grouped (matmul) and plain paths, float32 accuracy of a pairwise sum."""
+  rng = np.random.default_rng(7)
+  x = rng.normal(3.0, 2.0, size=shape).astype(np.float32)
+  want = x.astype(np.float64).sum(axis=(0, 1, 2))
+  got = np.asarray(layers.channel_sum(jnp.asarray(x)))
+  np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.sqrt(x.size))
+
+
+def test_conv_output_and_bias_gradient():
+  """Conv2d equals the lax convolution plus bias; its bias gradient (a
+  `channel_sum`) is the output gradient summed over batch and space."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(8)
+  conv = layers.Conv2d(3, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 3)).astype(np.float32))
+  dy = rng.normal(size=(2, 5, 4, 4)).astype(np.float32)
+  expected = jax.lax.conv_general_dilated(
+      x, conv.kernel[...], (2, 2), ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + conv.bias[...]
+  np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(expected), rtol=1e-6, atol=1e-6)
+  grads = nnx.grad(lambda m: jnp.sum(m(x) * dy))(conv)
+  np.testing.assert_allclose(np.asarray(grads['bias'][...]), dy.sum(axis=(0, 1, 2)),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum():
