@@ -101,6 +101,8 @@ def _environment(args, threads: dict) -> dict[str, Any]:
                       steps.compiler_options(jax.default_backend())),
       'command': ' '.join(['python -m benchmarks.run', *sys.argv[1:]]),
       'load_average_start': timing.load_average(),
+      # Preloaded allocator, if any (both frameworks share the process's).
+      'ld_preload': os.environ.get('LD_PRELOAD', ''),
   }
   return env
 
