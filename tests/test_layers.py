@@ -164,3 +164,30 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
   y, vjp = jax.vjp(lambda v: layers.max_pool(v, 2), jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(y), x[:, :6, :8].reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4)))
   np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(dy))[0]), expected)
+
+
+@pytest.mark.parametrize('cin, cout, k', [(2, 1, 7), (3, 16, 3), (1, 4, 3)])
+def test_few_channel_conv_equals_lax_convolution(cin, cout, k):
+  """The stencil path (inference) and its gradient (XLA's) for 1-3 channels."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(10)
+  conv = layers.Conv2d(cin, cout, k, padding=k // 2, rngs=nnx.Rngs(1))
+  assert conv.in_features <= layers.STENCIL_MAX_IN_CHANNELS
+  x = jnp.asarray(rng.normal(size=(2, 12, 10, cin)).astype(np.float32))
+  dy = jnp.asarray(rng.normal(size=(2, 12, 10, cout)).astype(np.float32))
+
+  def reference(kernel, bias, x):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((k // 2, k // 2),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+
+  kernel, bias = conv.kernel[...], conv.bias[...]
+  np.testing.assert_allclose(np.asarray(nnx.jit(lambda m, v: m(v))(conv, x)),
+                             np.asarray(reference(kernel, bias, x)), rtol=1e-5, atol=1e-5)
+  grads = nnx.jit(nnx.grad(lambda m, v: jnp.sum(m(v) * dy)))(conv, x)
+  want = jax.grad(lambda w, b: jnp.sum(reference(w, b, x) * dy), argnums=(0, 1))(kernel, bias)
+  np.testing.assert_allclose(np.asarray(grads['kernel'][...]), np.asarray(want[0]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(grads['bias'][...]), np.asarray(want[1]), rtol=1e-5, atol=1e-5)
+  dx = jax.grad(lambda v: jnp.sum(conv(v) * dy))(x)
+  dx_want = jax.grad(lambda v: jnp.sum(reference(kernel, bias, v) * dy))(x)
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(dx_want), rtol=1e-5, atol=1e-5)
