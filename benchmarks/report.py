@@ -37,7 +37,8 @@ def markdown(results: dict) -> str:
       f"Device: {device}, {threads} threads per framework; jax {env['jax']}"
       + (f", torch {env['threads']['torch']}" if 'torch' in env['threads'] else '')
       + f"; {env['precision']}; XLA options: {env.get('xla_options') or 'none'}"
-      + f"; allocator: {env.get('ld_preload') or 'glibc malloc'} (LD_PRELOAD).",
+      + '; allocator: ' + (f"LD_PRELOAD={env['ld_preload']}." if env.get('ld_preload')
+                           else 'the C library malloc (no LD_PRELOAD).'),
       f"Load average (1 min) at start / end: {env['load_average_start'][0]:.2f} / "
       f"{env.get('load_average_end', [float('nan')])[0]:.2f}.",
       '',
