@@ -111,3 +111,25 @@ def test_torch_reference_rejects_other_directories(tmp_path):
     torch_reference.find_references([str(tmp_path)])
   with pytest.raises(ValueError, match='no such directory'):
     torch_reference.find_references([str(tmp_path / 'absent')])
+
+
+@pytest.mark.parametrize('with_torch', [False, True])
+def test_conv_layers_smoke(tmp_path, with_torch):
+  """The per-layer convolution benchmark at a tiny shape."""
+  if with_torch:
+    pytest.importorskip('torch')
+  from benchmarks import conv_layers
+  out = tmp_path / 'conv.json'
+  argv = ['--layers', '8:2:3', '--batch', '1', '--repeats', '1', '--warmup', '0',
+          '--threads', '0', '--out', str(out)] + (['--torch'] if with_torch else [])
+  rows = conv_layers.main(argv)
+  assert [r['part'] for r in rows] == list(conv_layers.PARTS)
+  assert all(r['jax_s'] > 0 for r in rows)
+  assert all((r.get('torch_s', 0) > 0) == with_torch for r in rows)
+  assert json.loads(out.read_text()) == rows
+
+
+def test_conv_layers_rejects_malformed_layer():
+  from benchmarks import conv_layers
+  with pytest.raises(SystemExit):
+    conv_layers.parse_args(['--layers', '256x16'])
