@@ -13,13 +13,24 @@ are included, as in a train step. With `--torch` (torch installed) the same
 three are timed with torch's convolution and `convolution_backward`, in
 alternation with JAX. The default layers are GGL-Net's 3x3 convolutions at
 256x256 input (one per resolution level). Prints a Markdown table.
+
+  python -m benchmarks.conv_layers --step gglnet:256 [--batch 4]
+
+instead takes every convolution XLA left in the model's compiled train step
+(forward, SoftIoU, backward, Adam, as `benchmarks.run` times it), after its
+layout passes, and times each distinct one alone: how much of the step is
+convolution, and how much of that weight gradients (convolutions whose
+kernel window is larger than their output, i.e. spans the activations).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import pathlib
+import re
+import time
 
 from benchmarks import timing
 
@@ -49,8 +60,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--torch', action='store_true', help='also time torch (must be installed).')
+  p.add_argument('--step', type=parse_step, metavar='MODEL:SIZE',
+                 help="time the convolutions of a model's compiled train step "
+                 '(e.g. gglnet:256) instead of --layers.')
+  p.add_argument('--torch-reference', metavar='DIR',
+                 help='with --step: an official checkout; its train step is '
+                 "profiled with torch.profiler for the same split.")
   p.add_argument('--out', help='JSON file for the medians (seconds).')
   return p.parse_args(argv)
+
+
+def parse_step(text: str) -> tuple[str, int]:
+  model, _, size = text.partition(':')
+  if not size.isdigit() or not model:
+    raise argparse.ArgumentTypeError(
+        f'--step {text!r}: expected MODEL:SIZE, e.g. gglnet:256')
+  return model, int(size)
 
 
 def jax_calls(batch: int, size: int, cin: int, cout: int) -> dict:
@@ -120,9 +145,149 @@ def markdown(rows: list[dict], with_torch: bool) -> str:
   return '\n'.join(lines) + '\n'
 
 
+_SHAPE = r'(f32|f64|bf16|f16)\[([0-9,]*)\]'
+_CONV = re.compile(
+    _SHAPE + r'\{[0-9,]*\} convolution\(%([\w.\-]+), %([\w.\-]+)\), '
+    r'window=\{([^}]*)\}, dim_labels=([\w>\-]+)(.*)')
+
+
+def step_convolutions(hlo_text: str) -> tuple[collections.Counter, list[str]]:
+  """The convolutions of an optimised HLO module, counted by configuration.
+
+  Returns (Counter of (dtype, lhs, rhs, out, window, groups) -> count, the
+  lines of those it cannot replay: other than XLA:CPU's canonical NHWC / HWIO
+  layout, or with window reversal).
+  """
+  shapes = {m.group(1): m.group(3) for m in re.finditer(
+      r'%([\w.\-]+) = ' + _SHAPE, hlo_text)}
+  dims = lambda text: tuple(int(v) for v in text.split(',') if v)
+  found, skipped = collections.Counter(), []
+  for line in hlo_text.splitlines():
+    m = _CONV.search(line)
+    if not m:
+      continue
+    dtype, out, lhs, rhs, window, labels, rest = m.groups()
+    groups = re.search(r'feature_group_count=(\d+)', rest)
+    if (labels != 'b01f_01io->b01f' or 'reversal' in window
+        or 'batch_group_count' in rest or lhs not in shapes or rhs not in shapes):
+      skipped.append(line.strip()[:200])
+      continue
+    found[(dtype, dims(shapes[lhs]), dims(shapes[rhs]), dims(out), window,
+           int(groups.group(1)) if groups else 1)] += 1
+  return found, skipped
+
+
+_DTYPES = {'f32': 'float32', 'f64': 'float64', 'bf16': 'bfloat16', 'f16': 'float16'}
+
+
+def _window(text: str) -> dict:
+  """XLA's window attribute (size=3x3 pad=1_1x1_1 stride=... lhs_dilate=...)."""
+  fields = dict(kv.split('=') for kv in text.split())
+  pair = lambda key: tuple(int(v) for v in fields.get(key, '1x1').split('x'))
+  pad = [(0, 0), (0, 0)]
+  if 'pad' in fields:
+    pad = [tuple(int(v) for v in p.split('_')) for p in fields['pad'].split('x')]
+  return {'window_strides': pair('stride'), 'padding': pad,
+          'lhs_dilation': pair('lhs_dilate'), 'rhs_dilation': pair('rhs_dilate')}
+
+
+def time_step_convolutions(model: str, size: int, batch: int, repeats: int,
+                           warmup: int) -> tuple[list[dict], float]:
+  """Each distinct convolution of `model`'s train step, jitted and timed alone.
+
+  Returns the rows and the median seconds of the whole step.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
+  from irstd_jax import steps  # pylint: disable=g-import-not-at-top
+
+  bench = jax_side.JaxBench(jax_side.build_model(model, size),
+                            reduction=jax_side.LOSS_REDUCTION[model])
+  images, masks = jax_side.example_batch(model, batch, size)
+  found, skipped = step_convolutions(bench.compile_train(images, masks).fn.as_text())
+  step = timing.interleaved({'step': bench.train_call(images, masks)},
+                            repeats=max(3, repeats // 2), warmup=warmup)['step'].median
+  if skipped:
+    print(f'{len(skipped)} convolution(s) not replayed (layout or window '
+          f'reversal), e.g.: {skipped[0]}', flush=True)
+  options = steps.compiler_options(jax.default_backend())
+  rows = []
+  for (dtype, lhs, rhs, out, window, groups), count in found.items():
+    conv = jax.jit(lambda x, w, window=window, groups=groups: jax.lax.conv_general_dilated(
+        x, w, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
+        **_window(window)), compiler_options=options)
+    dtype = _DTYPES[dtype]
+    x, w = jnp.ones(lhs, dtype), jnp.ones(rhs, dtype)
+    call = lambda conv=conv, x=x, w=w: jax.block_until_ready(conv(x, w))
+    seconds = timing.interleaved({'conv': call}, repeats=repeats, warmup=warmup)['conv'].median
+    kind = 'weight gradient' if rhs[0] * rhs[1] > out[1] * out[2] else 'forward / input gradient'
+    rows.append({'kind': kind, 'count': count, 'lhs': lhs, 'rhs': rhs, 'out': out,
+                 'window': window, 'groups': groups, 'seconds': seconds})
+  rows.sort(key=lambda r: -r['count'] * r['seconds'])
+  return rows, step
+
+
+def profile_torch_step(model: str, size: int, batch: int, root: str,
+                       warmup: int) -> dict[str, float]:
+  """Seconds of one official train step, and of its convolutions, per torch.profiler."""
+  from benchmarks import jax_side, torch_reference  # pylint: disable=g-import-not-at-top
+  torch = torch_reference.import_torch()
+  from torch import profiler  # pylint: disable=g-import-not-at-top
+  module = torch_reference.build_official(model, pathlib.Path(root), size)
+  call = torch_reference.TorchBench(module, reduction=jax_side.LOSS_REDUCTION[model]
+                                    ).train_call(*jax_side.example_batch(model, batch, size))
+  for _ in range(max(warmup, 1)):
+    call()
+  with profiler.profile(activities=[profiler.ProfilerActivity.CPU]) as prof:
+    start = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - start
+  self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+  backward = sum(v for k, v in self_us.items() if k == 'aten::convolution_backward')
+  forward = sum(v for k, v in self_us.items()
+                if 'convolution' in k and 'backward' not in k)
+  return {'step_s': seconds, 'conv_forward_s': forward / 1e6,
+          'conv_backward_s': backward / 1e6}
+
+
+def step_markdown(rows: list[dict]) -> str:
+  lines = ['| Kind | Count | Input | Kernel | Output | Window | ms each | ms total |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['kind']} | {r['count']} | {r['lhs']} | {r['rhs']} | {r['out']} "
+                 f"| {r['window']} | {r['seconds'] * 1e3:.2f} "
+                 f"| {r['count'] * r['seconds'] * 1e3:.1f} |")
+  totals = collections.defaultdict(float)
+  for r in rows:
+    totals[r['kind']] += r['count'] * r['seconds']
+  summary = ', '.join(f'{kind} {t:.3f} s' for kind, t in sorted(totals.items()))
+  count = sum(r['count'] for r in rows)
+  return ('\n'.join(lines) + f'\n\n{count} convolutions, {sum(totals.values()):.3f} s '
+          f'in all: {summary}.\n')
+
+
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   timing.limit_threads(args.threads or None)
+  if args.step:
+    rows, step = time_step_convolutions(*args.step, args.batch, args.repeats, args.warmup)
+    print(step_markdown(rows))
+    print(f'JAX train step: {step:.3f} s (median).')
+    result = {'jax_step_s': step, 'convolutions': rows}
+    if args.torch_reference:
+      if args.threads:
+        from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+        torch_reference.import_torch().set_num_threads(args.threads)
+      result['torch'] = profile_torch_step(*args.step, args.batch, args.torch_reference,
+                                           args.warmup)
+      t = result['torch']
+      print(f"Official train step, profiled: {t['step_s']:.3f} s, convolutions "
+            f"{t['conv_forward_s'] + t['conv_backward_s']:.3f} s (forward "
+            f"{t['conv_forward_s']:.3f} s, backward {t['conv_backward_s']:.3f} s).")
+    if args.out:
+      pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
   torch = None
   if args.torch:
     from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top

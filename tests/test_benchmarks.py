@@ -133,3 +133,51 @@ def test_conv_layers_rejects_malformed_layer():
   from benchmarks import conv_layers
   with pytest.raises(SystemExit):
     conv_layers.parse_args(['--layers', '256x16'])
+
+
+def test_conv_layers_step_inventories_the_train_step(tmp_path):
+  """--step finds and replays every convolution of a compiled train step."""
+  from benchmarks import conv_layers
+  out = tmp_path / 'step.json'
+  result = conv_layers.main(['--step', 'unet:32', '--batch', '1', '--repeats', '1',
+                             '--warmup', '0', '--threads', '0', '--out', str(out)])
+  rows = result['convolutions']
+  kinds = {r['kind'] for r in rows}
+  assert kinds == {'weight gradient', 'forward / input gradient'}
+  # Every weight gradient's kernel window spans the activations it reduces.
+  for r in rows:
+    if r['kind'] == 'weight gradient':
+      assert r['rhs'][:2] == r['lhs'][1:3]
+  assert all(r['count'] >= 1 and r['seconds'] > 0 for r in rows)
+  assert result['jax_step_s'] > 0
+  assert json.loads(out.read_text())['convolutions'] == [
+      dict(r, lhs=list(r['lhs']), rhs=list(r['rhs']), out=list(r['out'])) for r in rows]
+
+
+def test_conv_layers_step_reads_hlo_convolutions():
+  from benchmarks import conv_layers
+  hlo = textwrap.dedent('''
+      %x = f32[4,16,16,8]{3,2,1,0} parameter(0)
+      %k = f32[3,3,8,8]{3,2,1,0} parameter(1)
+      %t = f32[8,16,16,4]{3,2,1,0} parameter(2)
+      %g = f32[16,16,4,8]{3,2,1,0} parameter(3)
+      %c1 = f32[4,16,16,8]{3,2,1,0} convolution(%x, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+      %c2 = f32[4,16,16,8]{3,2,1,0} convolution(%x, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="a"}
+      %c3 = f32[8,3,3,8]{3,2,1,0} convolution(%t, %g), window={size=16x16 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+      %c4 = f32[4,16,16,8]{3,2,1,0} convolution(%x, %k), window={size=3x3 pad=1_1x1_1 rhs_reversal=1x1}, dim_labels=b01f_01io->b01f
+  ''')
+  found, skipped = conv_layers.step_convolutions(hlo)
+  assert found == {
+      ('f32', (4, 16, 16, 8), (3, 3, 8, 8), (4, 16, 16, 8), 'size=3x3 pad=1_1x1_1', 1): 2,
+      ('f32', (8, 16, 16, 4), (16, 16, 4, 8), (8, 3, 3, 8), 'size=16x16 pad=1_1x1_1', 1): 1}
+  assert len(skipped) == 1 and 'rhs_reversal' in skipped[0]
+
+
+def test_conv_layers_profiles_the_official_step(tmp_path):
+  pytest.importorskip('torch')
+  from benchmarks import conv_layers
+  root = _fake_checkout(tmp_path / 'msda')
+  profile = conv_layers.profile_torch_step('gglnet', 8, 2, str(root), warmup=1)
+  assert profile['step_s'] > 0
+  assert 0 < profile['conv_forward_s'] < profile['step_s']
+  assert 0 < profile['conv_backward_s'] < profile['step_s']
