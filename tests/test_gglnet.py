@@ -219,6 +219,10 @@ def test_attention_max_gradient_goes_to_one_element():
   grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
   np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
   np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
+  # Jitted, over a middle axis (the channel attention's spatial max).
+  y = jnp.asarray([[[1.0, 5.0], [4.0, 5.0], [4.0, 2.0]]])  # (1, 3, 2): ties on both columns
+  grad = jax.jit(jax.grad(lambda v: (gglnet._max_keepdims(v, 1) * jnp.asarray([2.0, 3.0])).sum()))(y)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(grad, [[[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]]])
 
 
 # Three variants covering every ablation option of the paper.

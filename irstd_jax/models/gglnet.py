@@ -40,6 +40,7 @@ Ablations of the paper (all default to the official model):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -88,17 +89,38 @@ def _upsample2_align_corners(x):
 
 
 def _max_keepdims(x: jax.Array, axis: int) -> jax.Array:
-  """Max over `axis` (kept), with its gradient routed to the argmax.
+  """Max over `axis` (kept), with its gradient routed to the first argmax.
 
   This is the gradient of torch's max pooling and `torch.max(dim)`. It is
   also robust: `jnp.max` finds the maximum's positions for its gradient by
   comparing the input with the output, and when XLA fuses and recomputes the
   input inside the jitted backward pass, the comparison can match nowhere and
   the gradient becomes 0 / 0 = NaN (seen on the deepest, 2x2 level of the
-  TGFM with batch statistics).
+  TGFM with batch statistics). The argmax is only computed under
+  differentiation: inference takes the plain max.
   """
+  return _max_first(x, axis % x.ndim, x.shape[axis % x.ndim])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_first(x: jax.Array, axis: int, size: int) -> jax.Array:
+  del size
+  return jnp.max(x, axis=axis, keepdims=True)
+
+
+def _max_first_fwd(x, axis, size):
+  del size
   index = jnp.argmax(x, axis=axis, keepdims=True)
-  return jnp.take_along_axis(x, index, axis=axis)
+  return jnp.take_along_axis(x, index, axis=axis), index
+
+
+def _max_first_bwd(axis, size, index, g):
+  shape = index.shape[:axis] + (size,) + index.shape[axis + 1:]
+  positions = jax.lax.broadcasted_iota(index.dtype, shape, axis)
+  return (jnp.where(positions == index, g, jnp.zeros((), g.dtype)),)
+
+
+_max_first.defvjp(_max_first_fwd, _max_first_bwd)
 
 
 def _apply(seq, x):
