@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,6 +54,27 @@ def test_resize_bilinear_matches_torch_formula(align_corners, in_hw, out_hw):
   ours = layers.resize_bilinear(jnp.asarray(x), out_hw, align_corners=align_corners)
   expected = _bilinear_reference(x.astype(np.float64), *out_hw, align_corners)
   np.testing.assert_allclose(np.asarray(ours), expected, atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('in_hw,out_hw', [((5, 7), (10, 14)), ((8, 6), (4, 3))])
+def test_resize_bilinear_both_paths_agree(align_corners, in_hw, out_hw):
+  """Inference (gathers) and differentiation (matrix products) compute the
+  same map, and the jitted gradient is the torch formula's transpose."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, *in_hw, 3)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, *out_hw, 3)).astype(np.float32))
+  resize = lambda v: layers.resize_bilinear(v, out_hw, align_corners=align_corners)
+  primal, vjp = jax.vjp(resize, x)
+  np.testing.assert_allclose(primal, jax.jit(resize)(x), atol=1e-6)
+  # The transpose of the linear map, from the float64 reference by columns.
+  columns = np.stack([
+      _bilinear_reference(unit.reshape(1, *in_hw, 1), *out_hw, align_corners).ravel()
+      for unit in np.eye(np.prod(in_hw))], axis=1)  # (out pixels, in pixels)
+  expected = np.einsum('po,bpc->boc', columns,
+                       np.asarray(cotangent, np.float64).reshape(2, -1, 3))
+  np.testing.assert_allclose(jax.jit(lambda g: vjp(g)[0])(cotangent),
+                             expected.reshape(2, *in_hw, 3), atol=2e-5, rtol=1e-5)
 
 
 def test_max_pool_floors_odd_sizes():

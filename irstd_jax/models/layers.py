@@ -405,23 +405,96 @@ def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarr
   return w
 
 
+@functools.lru_cache(maxsize=256)
+def _sparse_rows(in_size: int, out_size: int,
+                 align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+  """The interpolation matrix as (indices, weights), both (rows, taps).
+
+  Row r of the matrix is sum_t weights[r, t] at column indices[r, t]; a
+  linear interpolation row has at most two nonzeros (one where an output
+  falls on an input sample). Rows with fewer are padded with weight 0.
+  """
+  w = _interp_matrix(in_size, out_size, align_corners)
+  nonzero = w != 0
+  taps = max(int(nonzero.sum(axis=1).max()), 1)
+  indices = np.zeros((w.shape[0], taps), np.int32)
+  weights = np.zeros((w.shape[0], taps), np.float32)
+  for row in range(w.shape[0]):
+    (cols,) = np.nonzero(nonzero[row])
+    indices[row, :len(cols)] = cols
+    weights[row, :len(cols)] = w[row, cols]
+  return indices, weights
+
+
+def _interpolate_axis(x: jax.Array, axis: int, in_size: int, out_size: int,
+                      align_corners: bool) -> jax.Array:
+  """Applies the interpolation matrix along `axis` as gathers.
+
+  A few constant-index gathers with per-row weights, which XLA fuses into one
+  loop: 4-9x faster on the CPU than the matrix product with its transposes
+  (a 4x128²x16 -> 256² upsampling 16.5 -> 1.9 ms).
+  """
+  indices, weights = _sparse_rows(in_size, out_size, align_corners)
+  shape = [1] * x.ndim
+  shape[axis] = indices.shape[0]
+  out = None
+  for t in range(indices.shape[1]):
+    term = (jnp.take(x, indices[:, t], axis=axis, mode='clip')
+            * weights[:, t].astype(x.dtype).reshape(shape))
+    out = term if out is None else out + term
+  return out
+
+
+def _resize_matmul(x: jax.Array, size: tuple[int, int], align_corners: bool) -> jax.Array:
+  _, h, w, _ = x.shape
+  wh = jnp.asarray(_interp_matrix(h, size[0], align_corners), x.dtype)
+  ww = jnp.asarray(_interp_matrix(w, size[1], align_corners), x.dtype)
+  x = jnp.einsum('oh,bhwc->bowc', wh, x)
+  return jnp.einsum('pw,bowc->bopc', ww, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _resize(x: jax.Array, size: tuple[int, int], align_corners: bool) -> jax.Array:
+  """Inference: per-axis gathers. Under differentiation: matrix products.
+
+  In the train step, XLA fuses the cheap gathers into every consumer of the
+  resized map, including the layout transposes of the next convolution's
+  weight gradient, and the GGL-Net step got slower (2.41 -> 2.67 s); the
+  matrix products (and their transposes for the backward pass) stay
+  materialised, as before.
+  """
+  _, h, w, _ = x.shape
+  x = _interpolate_axis(x, 1, h, size[0], align_corners)
+  return _interpolate_axis(x, 2, w, size[1], align_corners)
+
+
+def _resize_fwd(x, size, align_corners):
+  return jax.vjp(lambda v: _resize_matmul(v, size, align_corners), x)
+
+
+def _resize_bwd(size, align_corners, vjp, g):
+  del size, align_corners
+  return vjp(g)
+
+
+_resize.defvjp(_resize_fwd, _resize_bwd)
+
+
 def resize_bilinear(x: jax.Array, size: Sequence[int],
                     align_corners: bool) -> jax.Array:
   """Bilinear resize of NHWC `x` to `size` = (H, W) with torch's convention.
 
   `nn.Upsample(mode='bilinear')` / `F.interpolate` default to
   `align_corners=False`; `nn.UpsamplingBilinear2d` uses `align_corners=True`.
-  Written as two small matrix products, exact for both conventions and for
-  up- and down-sampling (torch does not antialias).
+  Exact for both conventions and for up- and down-sampling (torch does not
+  antialias): each axis applies torch's interpolation weights
+  (`_interp_matrix`), two taps per output.
   """
   out_h, out_w = size
   _, h, w, _ = x.shape
   if (h, w) == (out_h, out_w):
     return x
-  wh = jnp.asarray(_interp_matrix(h, out_h, align_corners), x.dtype)
-  ww = jnp.asarray(_interp_matrix(w, out_w, align_corners), x.dtype)
-  x = jnp.einsum('oh,bhwc->bowc', wh, x)
-  return jnp.einsum('pw,bowc->bopc', ww, x)
+  return _resize(x, (int(out_h), int(out_w)), bool(align_corners))
 
 
 def upsample_bilinear(x: jax.Array, scale: int, align_corners: bool) -> jax.Array:
