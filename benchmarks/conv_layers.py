@@ -14,13 +14,16 @@ three are timed with torch's convolution and `convolution_backward`, in
 alternation with JAX. The default layers are GGL-Net's 3x3 convolutions at
 256x256 input (one per resolution level). Prints a Markdown table.
 
-  python -m benchmarks.conv_layers --step gglnet:256 [--batch 4]
+  python -m benchmarks.conv_layers --step gglnet:256 [--batch 4] \
+      [--torch-reference PATH/TO/MSDA-Net]
 
 instead takes every convolution XLA left in the model's compiled train step
 (forward, SoftIoU, backward, Adam, as `benchmarks.run` times it), after its
 layout passes, and times each distinct one alone: how much of the step is
 convolution, and how much of that weight gradients (convolutions whose
 kernel window is larger than their output, i.e. spans the activations).
+With an official checkout, one official train step is profiled with
+torch.profiler for its convolutions' share.
 """
 
 from __future__ import annotations
