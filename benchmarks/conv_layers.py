@@ -270,33 +270,21 @@ def step_markdown(rows: list[dict]) -> str:
           f'in all: {summary}.\n')
 
 
-def main(argv=None) -> list[dict]:
-  args = parse_args(argv)
-  timing.limit_threads(args.threads or None)
-  if args.step:
-    rows, step = time_step_convolutions(*args.step, args.batch, args.repeats, args.warmup)
-    print(step_markdown(rows))
-    print(f'JAX train step: {step:.3f} s (median).')
-    result = {'jax_step_s': step, 'convolutions': rows}
-    if args.torch_reference:
-      if args.threads:
-        from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-        torch_reference.import_torch().set_num_threads(args.threads)
-      result['torch'] = profile_torch_step(*args.step, args.batch, args.torch_reference,
-                                           args.warmup)
-      t = result['torch']
-      print(f"Official train step, profiled: {t['step_s']:.3f} s, convolutions "
-            f"{t['conv_forward_s'] + t['conv_backward_s']:.3f} s (forward "
-            f"{t['conv_forward_s']:.3f} s, backward {t['conv_backward_s']:.3f} s).")
-    if args.out:
-      pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
-    return result
-  torch = None
-  if args.torch:
-    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-    torch = torch_reference.import_torch()
-    if args.threads:
-      torch.set_num_threads(args.threads)
+def _step_report(args) -> dict:
+  rows, step = time_step_convolutions(*args.step, args.batch, args.repeats, args.warmup)
+  print(step_markdown(rows))
+  print(f'JAX train step: {step:.3f} s (median).')
+  result = {'jax_step_s': step, 'convolutions': rows}
+  if args.torch_reference:
+    result['torch'] = t = profile_torch_step(*args.step, args.batch, args.torch_reference,
+                                             args.warmup)
+    print(f"Official train step, profiled: {t['step_s']:.3f} s, convolutions "
+          f"{t['conv_forward_s'] + t['conv_backward_s']:.3f} s (forward "
+          f"{t['conv_forward_s']:.3f} s, backward {t['conv_backward_s']:.3f} s).")
+  return result
+
+
+def _layers_report(args, torch) -> list[dict]:
   rows = []
   for size, cin, cout in args.layers:
     calls = {('jax', part): fn for part, fn in jax_calls(args.batch, size, cin, cout).items()}
@@ -312,9 +300,23 @@ def main(argv=None) -> list[dict]:
       rows.append(row)
     print(f'timed {rows[-1]["layer"]}', flush=True)
   print(markdown(rows, torch is not None))
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
   return rows
+
+
+def main(argv=None) -> list[dict] | dict:
+  """Runs the layers (a list of rows) or, with --step, the step report (a dict)."""
+  args = parse_args(argv)
+  timing.limit_threads(args.threads or None)
+  torch = None
+  if (args.torch_reference if args.step else args.torch):
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    torch = torch_reference.import_torch()
+    if args.threads:
+      torch.set_num_threads(args.threads)
+  result = _step_report(args) if args.step else _layers_report(args, torch)
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+  return result
 
 
 if __name__ == '__main__':
