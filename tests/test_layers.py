@@ -121,7 +121,6 @@ def test_batchnorm2d_torch_running_statistics():
 def test_batch_norm_train_closed_form_gradient_matches_autodiff():
   """The hand-written backward equals differentiating the formula, in float64,
   for the input, scale and bias."""
-  import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   x = rng.normal(1.5, 2.0, size=(2, 4, 3, 5))
   scale, bias = rng.normal(size=5), rng.normal(size=5)
@@ -158,7 +157,6 @@ def test_channel_sum_equals_sum_over_all_but_last_axis(shape):
 def test_conv_output_and_bias_gradient():
   """Conv2d equals the lax convolution plus bias; its bias gradient (a
   `channel_sum`) is the output gradient summed over batch and space."""
-  import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(8)
   conv = layers.Conv2d(3, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.normal(size=(2, 9, 7, 3)).astype(np.float32))
@@ -174,7 +172,6 @@ def test_conv_output_and_bias_gradient():
 
 def test_max_pool_gradient_goes_to_the_first_maximum():
   """Ties included (ReLU zeros), as torch: first maximum in row-major order."""
-  import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   x = rng.integers(0, 3, size=(2, 7, 9, 3)).astype(np.float32)  # Many ties.
   dy = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
@@ -191,7 +188,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
 @pytest.mark.parametrize('cin, cout, k', [(2, 1, 7), (3, 16, 3), (1, 4, 3)])
 def test_few_channel_conv_equals_lax_convolution(cin, cout, k):
   """The stencil path (inference) and its gradient (XLA's) for 1-3 channels."""
-  import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(10)
   conv = layers.Conv2d(cin, cout, k, padding=k // 2, rngs=nnx.Rngs(1))
   assert conv.in_features <= layers.STENCIL_MAX_IN_CHANNELS
