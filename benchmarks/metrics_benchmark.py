@@ -1,10 +1,10 @@
-"""Throughput of irstd_jax.metrics.evaluate against the NumPy/scikit-image codes.
+"""Throughput of irstd_jax.metrics.score against the NumPy/scikit-image codes.
 
   python -m benchmarks.metrics_benchmark [--images 100] [--size 512]
 
 Builds a seeded set of IRSTD-like maps (smooth low background, a few small
 Gaussian targets, some false alarms) and times, on the same CPU:
-  * jax: `metrics.evaluate` (first call = compile + run, then warm runs);
+  * jax: `metrics.score` (first call = compile + run, then warm runs);
   * official: the reference codes' algorithms as they are written (BasicIRSTD
     mIoU with np.histogram and PD_FA with regionprops loops, GGL-Net's
     SamplewiseSigmoidMetric, GaNet's TP/FP/FN, DNANet's ROCMetric), without
@@ -204,7 +204,7 @@ def main():
   for curve in (CURVE, ()):
     name = 'with Pd-Fa curve' if curve else 'without curve'
     runs = dict(
-        jax=lambda c=curve: metrics.evaluate(preds, masks, pd_fa_thresholds=c),
+        jax=lambda c=curve: metrics.score(preds, masks, pd_fa_thresholds=c),
         lean=lambda c=curve: lean(preds, masks, c),
         official=lambda c=curve: official(preds, masks, c))
     result, first = _timed(runs['jax'])

@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="JAX with XLA's default options instead of the project's "
                  '(irstd_jax.steps.compiler_options), to measure what they change.')
   p.add_argument('--skip-metrics', action='store_true',
-                 help='do not time irstd_jax.metrics.evaluate.')
+                 help='do not time irstd_jax.metrics.score.')
   p.add_argument('--quick', action='store_true',
                  help='few repeats and a small matmul (a smoke run, not a '
                  'measurement).')
@@ -255,7 +255,7 @@ def measure_peak(args, with_torch: bool) -> dict:
 
 
 def measure_metrics(args) -> dict:
-  """Throughput of `irstd_jax.metrics.evaluate` on a synthetic mixed-size set.
+  """Throughput of `irstd_jax.metrics.score` on a synthetic mixed-size set.
 
   The owner's own, finer benchmark is benchmarks/metrics_benchmark.py; this
   figure is the end-to-end call a user makes after inference: all metrics
@@ -284,10 +284,10 @@ def measure_metrics(args) -> dict:
   pixels = sum(p.size for p in preds)
   try:
     with jax_side.count_compilations() as compiles:
-      first = timing.time_call(lambda: metrics.evaluate(preds, masks))[0]
+      first = timing.time_call(lambda: metrics.score(preds, masks))[0]
       first_compiles = len(compiles)
       samples = timing.interleaved(
-          {'jax': lambda: metrics.evaluate(preds, masks)},
+          {'jax': lambda: metrics.score(preds, masks)},
           repeats=2 if args.quick else 5, warmup=0)['jax']
   except Exception as e:  # pylint: disable=broad-except
     return {'error': f'{type(e).__name__}: {e}'}

@@ -9,6 +9,7 @@ the trainer, because the IRSTD datasets are small and the papers count epochs.
 from __future__ import annotations
 
 import ast
+import copy
 from typing import Any
 
 import ml_collections
@@ -86,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
       # None: the recipe's (/255 for ganet and gglnet, the dataset's mean/std
       # for basicirstd); or 'unit', 'sirst_v1', ... (input_pipeline.normalization).
       normalization=ml_collections.FieldReference(None, field_type=str),
+      # Filled in by `resolve` (grey levels): image = (pixel - mean) / std.
+      mean=ml_collections.FieldReference(None, field_type=float),
+      std=ml_collections.FieldReference(None, field_type=float),
   ))
 
   # dtype: the models' compute dtype. 'float32' is the papers' and the parity
@@ -108,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
       split='test',
       every_epochs=1,          # Evaluate on `split` after every N epochs.
       # 'native' (zero-padded to pad_multiple, scored on the real pixels), an
-      # int side (resized), or 'train' (resized to input.image_size).
+      # int side (resized), or 'train' (resized to the training size).
       resolution='native',
       pad_multiple=32,
       max_shapes=4,            # Native: padded shapes compiled at most.
@@ -202,3 +206,68 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+# The value of a model option that `resolve` replaces by the training size.
+TRAIN_SIZE = 'train_size'
+
+
+def training_size(config: ml_collections.ConfigDict) -> int:
+  """The side of the training images: the crop (basicirstd) or the resize."""
+  if config.input.recipe == 'basicirstd':
+    return int(config.input.crop_size)
+  if config.input.image_size is None:
+    raise ValueError('input.image_size is unset: call config_lib.resolve first.')
+  return int(config.input.image_size)
+
+
+def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.ConfigDict:
+  """The config with every derived value made concrete, from the config and the dataset.
+
+  Called once, before anything is built; everything downstream reads the
+  values it fills in, and `config.json` in the workdir records them:
+  - `input.image_size`: the resize side of the ganet / gglnet recipes (the
+    recipe's default for the dataset when None; basicirstd crops and keeps None);
+  - `input.normalization`, `input.mean`, `input.std`: the normalisation used;
+  - `model.options`: the value 'train_size' replaced by the training size
+    (GaNet's `img_size`);
+  - `eval.resolution`: 'train' replaced by the training size.
+
+  Args:
+    config: a config from `configs/` (not modified).
+    dataset: a source of the config's dataset (`datasets.load`), for its name
+      and statistics.
+
+  Returns:
+    A resolved copy.
+  """
+  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  c = copy.deepcopy(config)
+  inp = c.input
+  with c.unlocked():
+    if inp.recipe != 'basicirstd' and inp.image_size is None:
+      inp.image_size = input_pipeline.recipe_image_size(inp.recipe, c.dataset.name)
+    if inp.mean is None or inp.std is None:
+      if inp.normalization is not None:
+        mean, std = input_pipeline.normalization(inp.normalization)
+      else:
+        inp.normalization, (mean, std) = input_pipeline.default_normalization(
+            inp.recipe, dataset)
+      inp.mean, inp.std = float(mean), float(std)
+    if not inp.std > 0:
+      raise ValueError(f'input.std={inp.std}: the std must be positive.')
+    if int(inp.num_channels) < 1:
+      raise ValueError(f'input.num_channels={inp.num_channels} must be >= 1.')
+    size = training_size(c)
+    c.model.options = {k: size if v == TRAIN_SIZE else v
+                       for k, v in c.model.get('options', {}).items()}
+    channels = c.model.options.get('in_channels')
+    if channels is not None and channels != inp.num_channels:
+      raise ValueError(
+          f'model.options.in_channels={channels} differs from '
+          f'input.num_channels={inp.num_channels}: set one of them (the model '
+          'takes the input\'s channels when in_channels is not given).')
+    if c.eval.resolution == 'train':
+      del c.eval['resolution']  # A str field becomes an int one.
+      c.eval.resolution = size
+  return c

@@ -203,6 +203,21 @@ def dataset_mean_std(source) -> tuple[float, float]:
   return float(np.mean(means)), float(np.mean(stds))
 
 
+def default_normalization(recipe: str, source) -> tuple[str, tuple[float, float]]:
+  """The recipe's normalisation for `source`'s dataset, and its name.
+
+  /255 ('unit') for ganet and gglnet; for basicirstd the dataset's BasicIRSTD
+  values, or its own statistics ('dataset statistics') when it has none.
+  """
+  _check_recipe(recipe)
+  name = _canonical(getattr(source, 'name', None))
+  if recipe != 'basicirstd':
+    return 'unit', UNIT
+  if name in NORMALIZATIONS:
+    return name, NORMALIZATIONS[name]
+  return 'dataset statistics', dataset_mean_std(source)
+
+
 def _resolve(recipe, source, image_size, num_channels, mean_std):
   _check_recipe(recipe)
   name = getattr(source, 'name', None)

@@ -4,6 +4,8 @@
 evaluates it every few epochs on the test split, keeps the latest and the best
 checkpoints and resumes from `workdir` after an interruption.
 `evaluate_checkpoint(config, workdir)` scores a saved checkpoint on a split.
+Both resolve the config once (`config_lib.resolve`) and score through
+`evaluation.Evaluator`.
 
 Parallelism: one 1-D device mesh with axis 'data'. The train step is
 `jax.jit`-compiled with the batch sharded over 'data' and the state replicated;
@@ -15,6 +17,8 @@ reduction order). Hosts each read their own slice of every batch.
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import json
 import math
 import os
@@ -23,20 +27,25 @@ import time
 from typing import Any, Iterator
 
 from absl import logging
+from clu import parameter_overview
 from flax import nnx
 import jax
 import ml_collections
 import numpy as np
 import optax
+from tqdm import auto as tqdm
 
 from irstd_jax import checkpointing
 from irstd_jax import config_lib
-from irstd_jax import reporting
+from irstd_jax import datasets
+from irstd_jax import evaluation
+from irstd_jax import input_pipeline
+from irstd_jax import metric_writers
+from irstd_jax import models
 from irstd_jax import sharding
 from irstd_jax import steps
-from irstd_jax import summary
-from irstd_jax import visualization
-
+from irstd_jax.evaluation import pictures
+from irstd_jax.evaluation import report
 
 
 # ---------------------------------------------------------------------------
@@ -45,47 +54,36 @@ from irstd_jax import visualization
 def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> nnx.Module:
   """Builds `config.model.name` with `config.model.options`, in train mode.
 
-  A name of the form 'package.module:Class' builds that class instead of a
-  registered model, so that user models train with the same loop. A
-  `config.model.dtype` other than float32 is passed as the `dtype` option.
+  The config must be resolved (`config_lib.resolve`). A name of the form
+  'package.module:Class' builds that class instead of a registered model, so
+  that user models train with the same loop. The model takes
+  `input.num_channels` as its `in_channels` unless the options set it, and a
+  `model.dtype` other than float32 as its `dtype`.
   """
-  from irstd_jax import models  # pylint: disable=g-import-not-at-top
   name = config.model.name
-  options = model_options(config)
+  options = _plain(config.model.get('options', {}))
+  unresolved = [k for k, v in options.items() if v == config_lib.TRAIN_SIZE]
+  if unresolved:
+    raise ValueError(f'model.options {unresolved} still say {config_lib.TRAIN_SIZE!r}: '
+                     'resolve the config first (config_lib.resolve(config, source)).')
   dtype = config.model.get('dtype', 'float32')
   if dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"config.model.dtype={dtype!r}: use 'float32' (default) or "
                      "'bfloat16' (mixed precision for GPUs and TPUs).")
   if dtype != 'float32':
     options['dtype'] = dtype
-  rngs = nnx.Rngs(config.seed if seed is None else seed)
   if ':' in name:
-    import importlib  # pylint: disable=g-import-not-at-top
     module_name, cls_name = name.split(':')
-    model = getattr(importlib.import_module(module_name), cls_name)(**options, rngs=rngs)
+    cls = getattr(importlib.import_module(module_name), cls_name)
   else:
-    model = models.build(name, rngs=rngs, **options)
+    cls = models.get_class(name)
+  if 'in_channels' in inspect.signature(cls).parameters:
+    options.setdefault('in_channels', int(config.input.num_channels))
+  rngs = nnx.Rngs(config.seed if seed is None else seed)
+  model = (cls(**options, rngs=rngs) if ':' in name
+           else models.build(name, rngs=rngs, **options))
   model.train()
   return model
-
-
-def training_size(config: ml_collections.ConfigDict) -> int:
-  """The side of the training images: the crop, or the recipe's resize."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if config.input.recipe == 'basicirstd':
-    return int(config.input.crop_size)
-  return int(config.input.image_size or input_pipeline.recipe_image_size(
-      config.input.recipe, config.dataset.name))
-
-
-def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`config.model.options`, with the value 'train_size' replaced by `training_size`.
-
-  GaNet's `img_size` must follow the training size, which command-line
-  overrides of the input may change after the config file ran.
-  """
-  options = _plain(config.model.get('options', {}))
-  return {k: training_size(config) if v == 'train_size' else v for k, v in options.items()}
 
 
 def count_params(model: nnx.Module) -> int:
@@ -96,7 +94,7 @@ def model_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What a checkpoint must match to be restored into this config's model."""
   return json.loads(json.dumps({
       'name': config.model.name,
-      'options': model_options(config),
+      'options': _plain(config.model.get('options', {})),
       'num_channels': config.input.num_channels,
   }))
 
@@ -154,7 +152,6 @@ def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
 
 def load_sources(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> list[Any]:
   """Random-access sources of `config.dataset` for `splits`."""
-  from irstd_jax import datasets  # pylint: disable=g-import-not-at-top
   ds = config.dataset
   try:
     return [datasets.load(ds.name, split, source_dir=ds.source_dir,
@@ -171,93 +168,14 @@ class DatasetError(ValueError):
   """The config's dataset cannot be loaded (missing, incomplete or misnamed)."""
 
 
-def _mean_std(config):
-  """None (the recipe's own normalisation) unless the config names one."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  name = config.input.get('normalization')
-  return None if name is None else input_pipeline.normalization(name)
-
-
 def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Iterator[Any]:
   """This host's slice of the training batches (resumable: get/set_state)."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   inp = config.input
   return input_pipeline.train_iterator(
       source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
       crop_size=inp.crop_size, image_size=inp.image_size,
-      num_channels=inp.num_channels, mean_std=_mean_std(config),
+      num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
       process_index=jax.process_index(), process_count=jax.process_count())
-
-
-def eval_batches(config: ml_collections.ConfigDict, source: Any) -> Iterator[dict[str, Any]]:
-  """The evaluation batches, in full on every host."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  ev = config.eval
-  resolution = ev.resolution
-  if resolution == 'train':
-    resolution = training_size(config)
-  return input_pipeline.eval_batches(
-      source, recipe=config.input.recipe, batch_size=ev.batch_size,
-      resolution=resolution, pad_multiple=ev.pad_multiple,
-      max_shapes=ev.get('max_shapes', 4),
-      num_channels=config.input.num_channels, mean_std=_mean_std(config))
-
-
-def _device_eval_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
-  """The batch on the mesh, padded with invalid entries to the device count."""
-  arrays = sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
-                              mesh.size)
-  data = sharding.batch_sharded(mesh)
-  return {k: sharding.global_array(v, data) for k, v in arrays.items()}
-
-
-# ---------------------------------------------------------------------------
-# Evaluation.
-
-def evaluate(program: steps.Program, model_state: Any, batches: Iterator[dict[str, Any]],
-             mesh: jax.sharding.Mesh, *, num_examples: int = 0,
-             pd_fa_curve: bool = False) -> tuple[dict[str, Any], list[reporting.Example]]:
-  """All metrics of the model on `batches`, accumulated on the devices.
-
-  Args:
-    program: from `steps.make_program`.
-    model_state: the model part of the training state.
-    batches: from `eval_batches` (image, mask, valid, id).
-    mesh: the device mesh.
-    num_examples: how many images to return with their predictions.
-    pd_fa_curve: also Pd/Fa at 5 more thresholds (5 more connected-component
-      passes per batch; off during training).
-
-  Returns:
-    `metrics.compute` of the accumulated statistics, and the examples.
-  """
-  from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
-  stats = metrics.init(pd_fa_thresholds=None if pd_fa_curve else ())
-  stats = jax.device_put(stats, sharding.replicated(mesh))
-  examples: list[reporting.Example] = []
-  for batch in batches:
-    device_batch = _device_eval_batch(batch, mesh)
-    stats = program.eval_step(model_state, stats, device_batch)
-    if len(examples) < num_examples:
-      probs = sharding.to_host(program.predict(model_state, device_batch['image']))
-      for i, image_id in enumerate(batch['id']):
-        if len(examples) < num_examples and np.any(batch['valid'][i]):
-          examples.append(reporting.Example.crop(image_id, batch, i, probs[i]))
-  return metrics.compute(sharding.to_host(stats)), examples
-
-
-def predict_examples(program: steps.Program, model_state: Any, batches: Iterator[dict[str, Any]],
-                     mesh: jax.sharding.Mesh, limit: int) -> list[reporting.Example]:
-  """Predictions for the first `limit` images (no metrics; stops early)."""
-  examples: list[reporting.Example] = []
-  for batch in batches:
-    if len(examples) >= limit:
-      break
-    probs = sharding.to_host(program.predict(model_state, _device_eval_batch(batch, mesh)['image']))
-    for i, image_id in enumerate(batch['id']):
-      if len(examples) < limit and np.any(batch['valid'][i]):
-        examples.append(reporting.Example.crop(image_id, batch, i, probs[i]))
-  return examples
 
 
 def _overlay_limit(config) -> int:
@@ -340,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f'multiple of the {mesh.size} devices (each takes an equal share).')
   train_source, eval_source = load_sources(config, (config.dataset.train_split,
                                                     config.eval.split))
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.resolve(config, train_source)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.input.batch_size)
   num_epochs = int(config.schedule.num_epochs)
   total_steps = num_epochs * steps_per_epoch
@@ -348,8 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   model = create_model(config)
   num_params = count_params(model)
-  program, state = steps.make_program(model, create_optimizer(model, config, learning_rate_fn),
-                                config, mesh)
+  train_step, state = steps.make_train_step(
+      model, create_optimizer(model, config, learning_rate_fn), config, mesh)
+  evaluator = evaluation.Evaluator(config, eval_source, mesh, model)
   description = model_description(config)
   checkpoints = checkpointing.Checkpoints(
       os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
@@ -366,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step, best, last_eval = meta['step'], meta['best'], meta['last_eval']
     logging.info('Resumed from %s at step %d.', checkpoints.directory, step)
 
-  writer = summary.create_default_writer(workdir, just_logging=not is_chief)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
@@ -380,12 +299,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
          f'{num_epochs} epochs ({total_steps} steps) on {mesh.size} device(s)'
          + (f'; resuming at step {step}' if step else '') + '.')
 
-  def save(epoch, result):
+  def save(epoch, scalars):
     meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
             'best': best, 'last_eval': last_eval, 'model': description,
+            'input': _input_description(config),
             'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
-    checkpoints.save(step, state, meta,
-                     metrics=None if result is None else reporting.scalar_metrics(result))
+    checkpoints.save(step, state, meta, metrics=scalars)
 
   progress = _progress_bar(total_steps, step, is_chief)
   try:
@@ -396,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       start = time.perf_counter()
       while step < epoch_end:
         batch = input_pipeline.shard_batch(next(train_iter), sharding.batch_sharded(mesh))
-        state, outputs = program.train_step(state, batch)
+        state, outputs = train_step(state, batch)
         step += 1
         pending.append(outputs['loss'])
         if step % config.log_every_steps == 0 or step == epoch_end:
@@ -420,34 +339,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               f'{train_scalars["train/steps_per_second"]:.2f} steps/s  '
               f'ETA {_duration(remaining)}')
 
-      result = None
+      scalars = None
       if config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs):
-        result, examples = evaluate(program, state['model'], eval_batches(config, eval_source),
-                                    mesh, num_examples=max(
-                                        config.eval.num_images,
-                                        _overlay_limit(config) if epoch == num_epochs else 0))
+        result = evaluator.run(state['model'], num_examples=max(
+            config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0))
         if epoch == num_epochs:
-          final_examples = examples  # For the overlays: no second pass.
-        scalars = reporting.scalar_metrics(result)
+          final_examples = result.examples  # For the overlays: no second pass.
+        scalars = result.scalars
         last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
         if _is_better(scalars, best, config.eval.best_metric):
           best = last_eval
-        writer.write_scalars(step, {f'{config.eval.split}/{k}': v for k, v in result.items()})
-        if is_chief and examples:
-          writer.write_images(step, {
-              f'{config.eval.split}/input_mask_prediction/{i}':
-                  visualization.panel(e.image, e.mask, e.prob, e.valid)
-              for i, e in enumerate(examples[:config.eval.num_images])})
-        line += (f'\n  {config.eval.split} @ epoch {epoch}: {reporting.metrics_line(scalars)}'
+        _write_eval(writer, step, config, result, is_chief)
+        line += (f'\n  {config.eval.split} @ epoch {epoch}: {report.metrics_line(scalars)}'
                  f'  (best {config.eval.best_metric} '
                  f'{best["metrics"][config.eval.best_metric]:.4f} @ epoch {best["epoch"]})')
-      if result is not None or config_lib.is_epoch_due(
+      if scalars is not None or config_lib.is_epoch_due(
           epoch, config.checkpoint.every_epochs, num_epochs):
-        save(epoch, result)
+        save(epoch, scalars)
       writer.flush()
       progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
-    return _final_report(config, workdir, program, state, checkpoints, eval_source,
-                         mesh, last_eval, best, num_params, writer, is_chief, final_examples)
+    _report_final(config, workdir, writer, last_eval, best, num_params)
+    if config.eval.num_overlays:
+      limit = _overlay_limit(config)
+      if final_examples is None:  # A finished run started again: predict once more.
+        final_examples = evaluator.predict(state['model'], limit)
+      if is_chief:
+        report.write_overlays(final_examples[:limit], os.path.join(
+            workdir, 'predictions', f'final_{config.eval.split}'), config.eval.threshold)
+    _print(f'\nCheckpoints: {checkpoints.directory} (steps {checkpoints.all_steps()}, '
+           f'best {checkpoints.best_step()}).')
+    return {'final': last_eval, 'best': best, 'num_params': num_params,
+            'steps': checkpoints.latest_step()}
   finally:
     progress.close()
     train_iter.close()
@@ -455,10 +377,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.close()  # Waits for the last save.
 
 
-def _final_report(config, workdir, program, state, checkpoints, eval_source, mesh,
-                  last_eval, best, num_params, writer, is_chief,
-                  examples=None) -> dict[str, Any]:
-  """Final-epoch and best-epoch metrics (labelled), the table, overlays."""
+def _input_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved input, kept with each checkpoint for inference on new images."""
+  inp = config.input
+  return {'recipe': inp.recipe, 'image_size': inp.image_size, 'crop_size': inp.crop_size,
+          'num_channels': inp.num_channels, 'normalization': inp.normalization,
+          'mean': inp.mean, 'std': inp.std}
+
+
+def _write_eval(writer, step: int, config, result: evaluation.Result, is_chief: bool) -> None:
+  """An evaluation's scalars, and input / mask / prediction panels, to the writer."""
+  split = config.eval.split
+  writer.write_scalars(step, {f'{split}/{k}': v for k, v in result.metrics.items()})
+  if is_chief and result.examples:
+    writer.write_images(step, {
+        f'{split}/input_mask_prediction/{i}': pictures.panel(e.image, e.mask, e.prob, e.valid)
+        for i, e in enumerate(result.examples[:config.eval.num_images])})
+
+
+def _report_final(config, workdir, writer, last_eval, best, num_params) -> None:
+  """Final-epoch and best-epoch metrics (labelled): scalars, summary.md, console."""
   split = config.eval.split
   rows = []
   if last_eval is not None:
@@ -471,26 +409,11 @@ def _final_report(config, workdir, program, state, checkpoints, eval_source, mes
     writer.write_scalars(last_eval['step'] if last_eval else best['step'], {
         **{f'best/{split}/{k}': v for k, v in best['metrics'].items()},
         'best/epoch': best['epoch'], 'best/step': best['step']})
-  table = reporting.summary_table(rows, num_params)
-  if config.eval.num_overlays:
-    if examples is None:  # A finished run started again: predict once more.
-      examples = predict_examples(program, state['model'], eval_batches(config, eval_source),
-                                  mesh, _overlay_limit(config))
-    examples = examples[:_overlay_limit(config)]
-    directory = os.path.join(workdir, 'predictions', f'final_{split}')
-    if is_chief:
-      reporting.write_overlays(examples, directory, config.eval.threshold)
-  if is_chief:
-    with open(os.path.join(workdir, 'summary.md'), 'w', encoding='utf-8') as f:
-      f.write(f'# {config.model.name} on {config.dataset.name} ({split} split)\n\n'
-              f'{table}\n\nmIoU, nIoU, F1, Pd in percent; Fa in false-alarm pixels '
-              'per million. "best" is chosen on the split it is reported on, as '
-              'the GaNet and GGL-Net codes do; "final" is the last epoch '
-              '(BasicIRSTD).\n')
-  _print('\n' + table + f'\n\nCheckpoints: {checkpoints.directory} (steps '
-         f'{checkpoints.all_steps()}, best {checkpoints.best_step()}).')
-  return {'final': last_eval, 'best': best, 'num_params': num_params,
-          'steps': checkpoints.latest_step()}
+  table = report.results_table(rows, num_params)
+  if jax.process_index() == 0:
+    report.write_summary(os.path.join(workdir, 'summary.md'),
+                         f'{config.model.name} on {config.dataset.name} ({split} split)', table)
+  _print('\n' + table)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
@@ -506,30 +429,30 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.create_mesh(devices)
   split = split or config.eval.split
   (source,) = load_sources(config, (split,))
+  config = config_lib.resolve(config, source)
   model = create_model(config)
-  optimizer = create_optimizer(model, config, optax.constant_schedule(0.0))
-  program, state = steps.make_program(model, optimizer, config, mesh)
+  state = steps.create_state(
+      model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
   checkpoints = checkpointing.Checkpoints(
       os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
       best_metric=config.eval.best_metric)
   step = checkpoints.resolve(checkpoint)
   _check_compatible(checkpoints.restore_meta(step), model_description(config), workdir)
   state, meta = _restore(checkpoints, step, state, workdir)
-  result, examples = evaluate(program, state['model'], eval_batches(config, source), mesh,
-                              num_examples=_overlay_limit(config))
-  scalars = reporting.scalar_metrics(result)
+  result = evaluation.Evaluator(config, source, mesh, model).run(
+      state['model'], num_examples=_overlay_limit(config))
   name = f'{checkpoint}_step{step}' if not str(checkpoint).isdigit() else f'step{step}'
   if jax.process_index() == 0:
-    reporting.write_overlays(examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
-                   config.eval.threshold)
+    report.write_overlays(result.examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
+                          config.eval.threshold)
     with open(os.path.join(workdir, f'eval_{split}_{name}.json'), 'w', encoding='utf-8') as f:
       json.dump({'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint),
-                 'metrics': summary.to_json(result)}, f, indent=1)
-  _print(reporting.summary_table([(f'{checkpoint} (step {step})', meta['epoch'], scalars)],
-                       count_params(model)))
+                 'metrics': metric_writers.to_json(result.metrics)}, f, indent=1)
+  _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
+                              count_params(model)))
   checkpoints.close()
-  return {**result, 'step': step, 'epoch': meta['epoch']}
+  return {**result.metrics, 'step': step, 'epoch': meta['epoch']}
 
 
 # ---------------------------------------------------------------------------
@@ -578,7 +501,6 @@ def _print(text: str) -> None:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
   return tqdm.tqdm(total=total, initial=initial, unit='step', disable=not enabled,
                    dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
 
@@ -586,7 +508,6 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 def _log_overview(model, num_params, mesh, num_train, steps_per_epoch, total_steps,
                   workdir=None):
   """Logs the parameter table (and writes it to workdir/parameters.txt)."""
-  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   overview = parameter_overview.get_parameter_overview(
       nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   logging.info('Parameters:\n%s', overview)

@@ -1,6 +1,7 @@
 """Config helpers and the shipped configs."""
 
 import pathlib
+import types
 
 import pytest
 
@@ -48,8 +49,9 @@ def test_configs_follow_their_papers_and_have_a_quick_variant(name):
   assert quick.dataset.name == 'irstd_synthetic'
   assert quick.schedule.num_epochs < 20 and quick.input.image_size == 64
   if name == 'ganet':  # GradFormer's scale follows the training size.
-    assert train.model_options(quick)['img_size'] == 64
-    assert train.model_options(c)['img_size'] == 256
+    source = types.SimpleNamespace(name=c.dataset.name, mean_std=None)
+    assert config_lib.resolve(quick, source).model.options.img_size == 64
+    assert config_lib.resolve(c, source).model.options.img_size == 256
 
 
 def test_gglnet_basicirstd_protocol():
@@ -75,3 +77,27 @@ def test_model_dtype_reaches_the_model_and_bad_values_are_refused():
   config.model.dtype = 'float64'
   with pytest.raises(ValueError, match='config.model.dtype'):
     train.create_model(config)
+
+
+def test_resolve_fills_every_derived_value_once():
+  """Sizes, normalisation, GaNet's img_size and the eval resolution become concrete."""
+  sirst = types.SimpleNamespace(name='sirst_v1', mean_std=None)
+  ganet = config_lib.resolve(config_lib.load_config(str(CONFIGS / 'ganet.py')), sirst)
+  assert (ganet.input.image_size, ganet.input.normalization) == (256, 'unit')
+  assert (ganet.input.mean, ganet.input.std) == (0.0, 255.0)
+  assert ganet.model.options.img_size == 256
+  gglnet_config = config_lib.load_config(str(CONFIGS / 'gglnet.py'))
+  gglnet = config_lib.resolve(gglnet_config, sirst)
+  assert gglnet.eval.resolution == 512 and gglnet.input.image_size == 512
+  assert gglnet_config.eval.resolution == 'train'  # The input config is not modified.
+  basic = config_lib.resolve(
+      config_lib.load_config(str(CONFIGS / 'ganet.py'), 'protocol=basicirstd'), sirst)
+  assert basic.input.normalization == 'sirst_v1' and basic.model.options.img_size == 256
+  assert basic.input.std == pytest.approx(34.6196, abs=1e-4)
+  own = types.SimpleNamespace(name='my_data', mean_std=(90.0, 20.0))
+  assert config_lib.resolve(
+      config_lib.load_config(str(CONFIGS / 'ganet.py'), 'protocol=basicirstd'),
+      own).input.mean == 90.0
+  gglnet_config.input.num_channels = 1
+  with pytest.raises(ValueError, match='in_channels=3 differs from input.num_channels=1'):
+    config_lib.resolve(gglnet_config, sirst)

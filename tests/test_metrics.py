@@ -15,7 +15,7 @@ from skimage import measure
 
 from conftest import load_fixture
 from irstd_jax import metrics
-from irstd_jax.evaluation import counts
+from irstd_jax.metrics import counts
 
 EPS = np.spacing(1)
 
@@ -116,7 +116,7 @@ def test_fixture_matches_reference_outputs(shared_dir):
   n = len(data['ids'])
   preds = [data[f'pred/{i:04d}'] for i in range(n)]
   masks = [data[f'mask/{i:04d}'] for i in range(n)]
-  result = metrics.evaluate(preds, masks, float(data['threshold']),
+  result = metrics.score(preds, masks, float(data['threshold']),
                             roc_thresholds=data['roc_thresholds'])
   for key in ('miou', 'niou', 'precision', 'recall', 'f1', 'fa'):
     np.testing.assert_allclose(result[key], float(data[f'ref/{key}']),
@@ -169,17 +169,17 @@ def noisy_set():
 
 def test_random_set_of_mixed_sizes(noisy_set):
   preds, masks = noisy_set
-  _assert_matches(metrics.evaluate(preds, masks), _reference(preds, masks))
+  _assert_matches(metrics.score(preds, masks), _reference(preds, masks))
 
 
 def test_fa_variant_and_custom_thresholds(noisy_set):
   # Same numbers of thresholds as the defaults: nothing recompiles.
   preds, masks = noisy_set
-  gglnet = metrics.evaluate(preds, masks, fa_variant='gglnet')
+  gglnet = metrics.score(preds, masks, fa_variant='gglnet')
   _assert_matches(gglnet, _reference(preds, masks, fa_variant='gglnet'))
   roc = (0.0,) + tuple(np.linspace(0.15, 0.95, 10))
   curve = (0.2, 0.4, 0.6, 0.8, 0.95)
-  result = metrics.evaluate(preds, masks, 0.4, roc_thresholds=roc,
+  result = metrics.score(preds, masks, 0.4, roc_thresholds=roc,
                             pd_fa_thresholds=curve)
   _assert_matches(result, _reference(preds, masks, 0.4, roc, curve))
 
@@ -225,8 +225,8 @@ def test_edge_cases():
   for pred, mask, hits in zip(preds, masks, hand):
     expected = _reference([pred], [mask])
     assert expected['matched_targets'] == hits
-    _assert_matches(metrics.evaluate([pred], [mask]), expected)
-  _assert_matches(metrics.evaluate(preds, masks), _reference(preds, masks))
+    _assert_matches(metrics.score([pred], [mask]), expected)
+  _assert_matches(metrics.score(preds, masks), _reference(preds, masks))
 
 
 def test_hundreds_of_components_and_255_masks():
@@ -238,7 +238,7 @@ def test_hundreds_of_components_and_255_masks():
   pred[1:, 1:] = np.maximum(pred[1:, 1:], (mask[:-1, :-1] > 0) * 0.7)
   expected = _reference([pred], [mask])
   assert expected['targets'] > 300
-  _assert_matches(metrics.evaluate([pred], [mask]), expected)
+  _assert_matches(metrics.score([pred], [mask]), expected)
 
 
 def test_full_hd_image():
@@ -251,7 +251,7 @@ def test_full_hd_image():
     mask[_blob(shape, center, rng.uniform(1, 5))] = 1
     pred[_blob(shape, center + rng.integers(-2, 3, 2), 3)] = 0.9
   pred[500:580, 100:200] = 0.6  # one large false alarm
-  _assert_matches(metrics.evaluate([pred], [mask]),
+  _assert_matches(metrics.score([pred], [mask]),
                   _reference([pred], [mask]))
 
 
@@ -260,7 +260,7 @@ def test_relative_pd_fa():
   # Weak maps, where Pd/Fa relative to each map's maximum differ.
   preds = [np.where(p > 0.1, p * 0.4, p * 0.05) for p in preds]
   preds[2] = np.zeros_like(preds[2])  # max 0: nothing predicted
-  relative = metrics.evaluate(preds, masks, pd_fa_relative=True)
+  relative = metrics.score(preds, masks, pd_fa_relative=True)
   expected = _reference(preds, masks, relative=True)
   assert expected['matched_targets'] > _reference(preds, masks)[
       'matched_targets']
@@ -332,12 +332,12 @@ def test_counts_are_exact_beyond_int32():
 def test_bad_input_names_the_image(pred, mask, message):
   good = np.zeros((5, 5), np.float32)
   with pytest.raises(ValueError, match=f'Image 2: .*{message}'):
-    metrics.evaluate([good, good, pred], [good, good, mask])
+    metrics.score([good, good, pred], [good, good, mask])
 
 
 def test_bad_options():
   with pytest.raises(ValueError, match='fa_variant'):
-    metrics.evaluate([np.zeros((4, 4))], [np.zeros((4, 4))], fa_variant='x')
+    metrics.score([np.zeros((4, 4))], [np.zeros((4, 4))], fa_variant='x')
   with pytest.raises(ValueError, match='update expects'):
     metrics.update(metrics.init(), np.zeros((2, 4, 4)), np.zeros((2, 4, 4)),
                    np.ones((2, 4, 5), bool))

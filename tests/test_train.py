@@ -18,6 +18,8 @@ import pytest
 
 from irstd_jax import checkpointing
 from irstd_jax import config_lib
+from irstd_jax import evaluation
+from irstd_jax import input_pipeline
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax import train
@@ -82,6 +84,12 @@ def tiny_config(config_file, data_dir, arg=None):
   return config
 
 
+def resolved(config):
+  """The config resolved against its training split, as the trainer does."""
+  (source,) = train.load_sources(config, (config.dataset.train_split,))
+  return config_lib.resolve(config, source)
+
+
 @pytest.fixture(scope='module')
 def trained(config_file, data_dir, tmp_path_factory):
   """One uninterrupted run, shared by the cases that inspect its outputs."""
@@ -99,9 +107,10 @@ def read_jsonl(workdir):
 def final_state(config, workdir, step=None):
   """The params, BN statistics and optimizer state of a workdir's checkpoint."""
   mesh = sharding.create_mesh()
+  config = resolved(config)
   model = train.create_model(config)
   optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
-  _, state = steps.make_program(model, optimizer, config, mesh)
+  state = steps.create_state(model, optimizer, mesh)
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   pure, meta = checkpoints.restore(step or checkpoints.latest_step(), state)
   checkpoints.close()
@@ -221,16 +230,18 @@ def test_mixed_size_evaluation_compiles_once_per_bucket(config_file, data_dir):
             for i, (h, w) in enumerate(sizes)]
   padded = {(-(-h // 32) * 32, -(-w // 32) * 32) for h, w in sizes}
   mesh = sharding.create_mesh()
+  config = resolved(config)
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
-  program, state = steps.make_program(model, optimizer, config, mesh)
-  batches = list(train.eval_batches(config, source))
+  evaluator = evaluation.Evaluator(config, source, mesh, model)
+  model_state = steps.create_state(model, train.create_optimizer(
+      model, config, train.create_learning_rate_fn(config, 2)), mesh)['model']
+  batches = list(evaluator.batches())
   assert len(padded) == 7
   assert len({b['image'].shape for b in batches}) == 2
   assert sorted(i for b in batches for i in b['id'] if i) == sorted(s['id'] for s in source)
   with jax_side.count_compilations() as compiled:
-    first, _ = train.evaluate(program, state['model'], iter(batches), mesh)
-    second, _ = train.evaluate(program, state['model'], iter(batches), mesh)
+    first = evaluator.run(model_state).metrics
+    second = evaluator.run(model_state).metrics
   assert compiled.count('jit(eval_step)') == 2
   assert first['miou'] == second['miou'] and first['pd'] == second['pd']
 
@@ -266,7 +277,7 @@ def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
   all-reduced gradients) is the same for every optimizer.
   """
   # (The 4-device step is compiled here once for test_two_processes too.)
-  config = tiny_config(config_file, data_dir, 'optimizer=sgd')
+  config = resolved(tiny_config(config_file, data_dir, 'optimizer=sgd'))
   assert jax.device_count() == 4, 'conftest.py fakes 4 CPU devices'
   (source,) = train.load_sources(config, ('train',))
   iterator = train.create_train_iterator(config, source)
@@ -277,11 +288,10 @@ def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
     mesh = sharding.create_mesh(devices)
     model = train.create_model(config)
     optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
-    program, state = steps.make_program(model, optimizer, config, mesh)
+    train_step, state = steps.make_train_step(model, optimizer, config, mesh)
     losses = []
     for batch in batches:
-      from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-      state, outputs = program.train_step(
+      state, outputs = train_step(
           state, input_pipeline.shard_batch(batch, sharding.batch_sharded(mesh)))
       losses.append(float(outputs['loss']))
     results.append((losses, jax.tree.map(np.asarray, state)))

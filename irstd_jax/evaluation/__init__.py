@@ -1,6 +1,14 @@
-"""Building blocks of `irstd_jax.metrics` (import that module, not these).
+"""Evaluating a model: one entry, `Evaluator(...).run(model_state)`.
 
-counts: exact int32 counters; components: connected components of sparse
-binary maps; matching: BasicIRSTD's greedy Pd matching; batch: the per-batch
-sufficient statistics.
+evaluator: the jitted evaluation step and the `Evaluator` that streams a split
+through it; report: scalar metrics, the results table, overlays and
+summary.md; pictures: the images themselves (panels, overlays). The metric
+definitions are in `irstd_jax.metrics`.
 """
+
+from irstd_jax.evaluation.evaluator import Evaluator
+from irstd_jax.evaluation.evaluator import predict_probs
+from irstd_jax.evaluation.evaluator import Result
+from irstd_jax.evaluation.report import Example
+
+__all__ = ['Evaluator', 'Example', 'predict_probs', 'Result']

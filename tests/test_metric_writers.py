@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 
-from irstd_jax import summary
+from irstd_jax import metric_writers
 
 
 def test_writers_need_no_tensorflow_and_write_jsonl_and_events(tmp_path):
-  writer = summary.create_default_writer(str(tmp_path))
+  writer = metric_writers.create_default_writer(str(tmp_path))
   writer.write_hparams({'lr': 1e-3})
   writer.write_scalars(3, {'loss': np.float32(0.5), 'roc': {'tpr': np.arange(3)},
                            'nan': float('nan')})

@@ -1,4 +1,4 @@
-"""What a run reports: scalar metrics, the summary table, prediction overlays."""
+"""What an evaluation reports: scalar metrics, the results table, prediction overlays."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from irstd_jax import visualization
+from irstd_jax.evaluation import pictures
 
 # Metric key, column title and scale (the field's units: percent, and Fa in
 # false-alarm pixels per million).
@@ -29,7 +29,7 @@ class Example:
   def crop(cls, image_id, batch: dict[str, Any], index: int, prob: np.ndarray) -> 'Example':
     """Entry `index` of an eval batch, cut to its valid pixels (no padding kept)."""
     valid = np.asarray(batch['valid'][index])
-    rows, cols = visualization.valid_box(valid)
+    rows, cols = pictures.valid_box(valid)
     return cls(image_id, np.asarray(batch['image'][index])[rows, cols],
                np.asarray(batch['mask'][index])[rows, cols],
                np.asarray(prob)[rows, cols], valid[rows, cols])
@@ -45,7 +45,7 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
   return out
 
 
-def summary_table(rows: list[tuple[str, int | None, dict[str, float]]],
+def results_table(rows: list[tuple[str, int | None, dict[str, float]]],
                   num_params: int) -> str:
   """A markdown table with one row per (label, epoch, metrics)."""
   header = ['checkpoint', 'epoch'] + [title for _, title, _ in TABLE_COLUMNS] + ['params']
@@ -69,8 +69,17 @@ def metrics_line(result: dict[str, float]) -> str:
 def write_overlays(examples: list[Example], directory: str, threshold: float) -> None:
   """One PNG per example: hits green, false alarms red, misses yellow."""
   for example in examples:
-    name = visualization.safe_name(example.id)
-    visualization.save_png(
+    name = pictures.safe_name(example.id)
+    pictures.save_png(
         os.path.join(directory, f'{name}.png'),
-        visualization.overlay(example.image, example.mask, example.prob,
+        pictures.overlay(example.image, example.mask, example.prob,
                               example.valid, threshold))
+
+
+def write_summary(path: str, title: str, table: str) -> None:
+  """The run's summary.md: the results table and how to read it."""
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(f'# {title}\n\n{table}\n\nmIoU, nIoU, F1, Pd in percent; Fa in '
+            'false-alarm pixels per million. "best" is chosen on the split it is '
+            'reported on, as the GaNet and GGL-Net codes do; "final" is the last '
+            'epoch (BasicIRSTD).\n')

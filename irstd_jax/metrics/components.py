@@ -84,7 +84,7 @@ def select_tiles(active: jnp.ndarray, capacity: int, shape,
   """Compacts the active tiles of a (B, H/8, W/8) boolean grid.
 
   Tiles are listed in raster order of the grid, or in the order of the
-  permutation `order` of flat tile indices (evaluate lists the tiles of its
+  permutation `order` of flat tile indices (`score` lists the tiles of its
   packed canvases image by image, so that each image's tiles are contiguous).
   """
   batch, tile_rows, tile_cols = active.shape

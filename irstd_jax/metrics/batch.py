@@ -11,10 +11,10 @@ and the foreground pixels among them into shorter lists for the connected
 components and the Pd matching.
 
 Each tile belongs to one image through `tile_image`, so several images may
-share a batch entry (`evaluate` packs them, each starting on a tile
+share a batch entry (`score` packs them, each starting on a tile
 boundary): components and matches never cross between images.
 
-Stages, so that `evaluate` can pick capacities on the host and compile each
+Stages, so that `score` can pick capacities on the host and compile each
 stage once per capacity: `summarize` (dense), `gather` + `count_lanes`
 (tile capacity), `pd_fa` (pixel capacity), `combine`. `batch_counts` chains
 them in one graph for `update`, with a `lax.switch` over tile capacities whose
@@ -28,8 +28,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from irstd_jax.evaluation import components as components_lib
-from irstd_jax.evaluation import matching
+from irstd_jax.metrics import components as components_lib
+from irstd_jax.metrics import matching
 
 TILE = components_lib.TILE
 LANES = components_lib.LANES
@@ -168,7 +168,7 @@ def grid_from_pixels(probs, mask_fg, valid, relative) -> TileGrid:
 
 
 def grid_from_extrema(probs, has_mask, valid_count, relative) -> TileGrid:
-  """The dense pass when validity and mask tiles are known (evaluate's path).
+  """The dense pass when validity and mask tiles are known (the path of `score`).
 
   `probs` must repeat each image's last row and column up to its tile
   boundary, so that a tile's min and max are those of its valid pixels.

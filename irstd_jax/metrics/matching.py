@@ -19,7 +19,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from irstd_jax.evaluation import components as components_lib
+from irstd_jax.metrics import components as components_lib
 
 _INT_MAX = np.iinfo(np.int32).max
 # The reference's rule: Euclidean distance between centroids < 3 px.

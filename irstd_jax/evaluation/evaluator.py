@@ -1,0 +1,166 @@
+"""Scores a model on a dataset split: the one way the toolbox evaluates a model.
+
+`Evaluator(config, source, mesh, model).run(model_state)` streams the split
+through a jitted step that adds each batch to the metrics' sufficient
+statistics on the devices (nothing is gathered per batch), then computes the
+metrics on the host. The training loop, eval mode and anything else that
+scores a model call it, as big_vision's trainer calls its evaluators.
+
+The jitted functions live at module level with the graph definition static,
+so every Evaluator of the same model in one process (a resumed run, eval after
+train, tests, notebooks) shares one compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+from flax import nnx
+import jax
+import ml_collections
+import numpy as np
+
+from irstd_jax import input_pipeline
+from irstd_jax import metrics
+from irstd_jax import sharding
+from irstd_jax import steps
+from irstd_jax.evaluation import report
+
+
+def predict_probs(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """Target probabilities (B, H, W) of a model's logits (B, H, W, 1)."""
+  return jax.nn.sigmoid(model(images))[..., 0]
+
+
+def eval_step(model_state: Any, stats: metrics.MetricStats, batch: dict[str, jax.Array], *,
+              graphdef: Any, threshold: float, pd_fa_relative: bool,
+              mesh: jax.sharding.Mesh) -> metrics.MetricStats:
+  """Adds a batch to the metrics' sufficient statistics.
+
+  Args:
+    model_state: the model's state (pure dict).
+    stats: from `metrics.init`, replicated; donated.
+    batch: image (B, H, W, C), mask (B, H, W), valid (B, H, W), sharded.
+    graphdef: the model's graph definition in eval mode.
+    threshold: probability threshold (strict >).
+    pd_fa_relative: GaNet code's Pd/Fa, thresholding each map divided by its
+      maximum (IoU stays absolute); False is BasicIRSTD's absolute threshold.
+    mesh: the device mesh.
+
+  Returns:
+    The updated statistics, replicated.
+  """
+  probs = predict_probs(nnx.merge(graphdef, model_state), batch['image'])
+  return steps.replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
+                                        threshold=threshold, pd_fa_relative=pd_fa_relative),
+                         mesh)
+
+
+def predict(model_state: Any, images: jax.Array, *, graphdef: Any,
+            mesh: jax.sharding.Mesh) -> jax.Array:
+  """Probabilities (B, H, W), gathered on every host: only for a few pictures."""
+  return steps.replicate(predict_probs(nnx.merge(graphdef, model_state), images), mesh)
+
+
+def eval_graphdef(model: nnx.Module) -> Any:
+  """The graph definition of `model` in eval mode (running batch-norm statistics).
+
+  It has the same state structure as the train-mode model, so the training
+  state's model part evaluates as it is.
+  """
+  model.eval()
+  graphdef = nnx.graphdef(model)
+  model.train()
+  return graphdef
+
+
+@dataclasses.dataclass
+class Result:
+  """What `Evaluator.run` returns."""
+  metrics: dict[str, Any]          # `metrics.compute`'s dict.
+  examples: list[report.Example]   # The first images with their predictions.
+
+  @property
+  def scalars(self) -> dict[str, float]:
+    return report.scalar_metrics(self.metrics)
+
+
+class Evaluator:
+  """Scores a model on one split of the config's dataset.
+
+  Args:
+    config: the run's config (`config.eval` and `config.input` are read).
+    source: the split's examples (`datasets.load`).
+    mesh: the device mesh; the model state is replicated, batches are sharded
+      on its 'data' axis and padded with invalid entries to the device count.
+    model: the model (any mode), for its graph definition.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, source: Any,
+               mesh: jax.sharding.Mesh, model: nnx.Module):
+    self.config = config
+    self.source = source
+    self.mesh = mesh
+    graphdef = eval_graphdef(model)
+    platform = mesh.devices.flat[0].platform
+    self._step = functools.partial(
+        steps.jitted(eval_step, platform, donate_argnums=(1,),
+                     static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh')),
+        graphdef=graphdef, threshold=float(config.eval.threshold),
+        pd_fa_relative=bool(config.eval.pd_fa_relative), mesh=mesh)
+    self._predict = functools.partial(
+        steps.jitted(predict, platform, static_argnames=('graphdef', 'mesh')),
+        graphdef=graphdef, mesh=mesh)
+
+  def batches(self) -> Iterator[dict[str, Any]]:
+    """The split's evaluation batches, in full on every host."""
+    ev, inp = self.config.eval, self.config.input
+    return input_pipeline.eval_batches(
+        self.source, recipe=inp.recipe, batch_size=ev.batch_size,
+        resolution=ev.resolution, pad_multiple=ev.pad_multiple,
+        max_shapes=ev.max_shapes, num_channels=inp.num_channels,
+        mean_std=(inp.mean, inp.std))
+
+  def _on_devices(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+    arrays = sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
+                                self.mesh.size)
+    data = sharding.batch_sharded(self.mesh)
+    return {k: sharding.global_array(v, data) for k, v in arrays.items()}
+
+  def _add_examples(self, examples, limit, batch, device_images, model_state):
+    probs = sharding.to_host(self._predict(model_state, device_images))
+    for i, image_id in enumerate(batch['id']):
+      if len(examples) < limit and np.any(batch['valid'][i]):
+        examples.append(report.Example.crop(image_id, batch, i, probs[i]))
+
+  def run(self, model_state: Any, *, num_examples: int = 0,
+          pd_fa_curve: bool = False) -> Result:
+    """All metrics of the model on the split.
+
+    Args:
+      model_state: the model part of the training state (pure dict).
+      num_examples: how many images to return with their predictions.
+      pd_fa_curve: also Pd/Fa at 5 more thresholds (5 more connected-component
+        passes per batch; off during training).
+    """
+    stats = metrics.init(pd_fa_thresholds=None if pd_fa_curve else ())
+    stats = jax.device_put(stats, sharding.replicated(self.mesh))
+    examples: list[report.Example] = []
+    for batch in self.batches():
+      device_batch = self._on_devices(batch)
+      stats = self._step(model_state, stats, device_batch)
+      if len(examples) < num_examples:
+        self._add_examples(examples, num_examples, batch, device_batch['image'], model_state)
+    return Result(metrics.compute(sharding.to_host(stats)), examples)
+
+  def predict(self, model_state: Any, limit: int) -> list[report.Example]:
+    """Predictions for the first `limit` images (no metrics; stops early)."""
+    examples: list[report.Example] = []
+    for batch in self.batches():
+      if len(examples) >= limit:
+        break
+      self._add_examples(examples, limit, batch, self._on_devices(batch)['image'],
+                         model_state)
+    return examples

@@ -1,0 +1,33 @@
+"""IRSTD metrics in jax.numpy, equal to the reference codes.
+
+mIoU, nIoU, precision / recall / F1, Pd / Fa (BasicIRSTD), ROC (DNANet) and a
+Pd-Fa curve, computed jitted and batched. Two ways in:
+
+* Streaming, for a model being evaluated: `stats = init()`, then
+  `stats = update(stats, probs, masks, valid)` per (B, H, W) batch (pure,
+  jittable), `merge` across devices or hosts, `compute(stats)` at the end.
+* `score(preds, masks)`: a whole set of 2-D maps of any sizes on the host,
+  for predictions made by anything.
+
+A pixel is predicted when its probability is strictly greater than the
+threshold (float32 comparison), and is a target pixel when its mask value is
+> 0.5 (masks in {0, 1} or {0, 255}).
+
+Modules: `streaming` and `sets` are the two entries; `batch` (per-batch
+sufficient statistics), `components` (connected components of sparse maps),
+`matching` (BasicIRSTD's Pd matching) and `counts` (exact int32 counters) are
+their building blocks.
+"""
+
+from irstd_jax.metrics.sets import score
+from irstd_jax.metrics.streaming import compute
+from irstd_jax.metrics.streaming import FA_VARIANTS
+from irstd_jax.metrics.streaming import init
+from irstd_jax.metrics.streaming import merge
+from irstd_jax.metrics.streaming import MetricStats
+from irstd_jax.metrics.streaming import PD_FA_THRESHOLDS
+from irstd_jax.metrics.streaming import ROC_THRESHOLDS
+from irstd_jax.metrics.streaming import update
+
+__all__ = ['score', 'compute', 'FA_VARIANTS', 'init', 'merge', 'MetricStats',
+           'PD_FA_THRESHOLDS', 'ROC_THRESHOLDS', 'update']
