@@ -1,7 +1,7 @@
 r"""Benchmarks GaNet and GGL-Net in JAX, side by side with the official PyTorch.
 
   python -m benchmarks.run --out results.json \
-      [--torch-reference PATH/TO/DATransNet --torch-reference PATH/TO/MSDA-Net] \
+      [--torch-reference PATH/TO/Gradient-Transformer --torch-reference PATH/TO/MSDA-Net] \
       [--models ganet gglnet] [--sizes 256 512] [--batch 4] [--threads 2] [--quick]
 
 For each model and size it measures the jitted train step (forward, SoftIoU,
@@ -42,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--out', required=True, help='JSON results file.')
   p.add_argument('--markdown', help='Markdown table file (default: OUT.md).')
   p.add_argument('--torch-reference', action='append', default=[], metavar='DIR',
-                 help='root of an official checkout (DATransNet for GaNet, '
-                 'MSDA-Net for GGL-Net); repeat for both.')
+                 help='root of an official checkout (greekinRoma/Gradient-Transformer '
+                 'for GaNet, YuChuang1205/MSDA-Net for GGL-Net); repeat for both.')
   p.add_argument('--models', nargs='+', default=['ganet', 'gglnet'])
   p.add_argument('--sizes', nargs='+', type=int,
                  help='image sizes for every model (default: GaNet 256, '

@@ -1,12 +1,19 @@
 """The official PyTorch models, imported from the user's own checkout.
 
 Nothing of the official code is part of this project: the user passes the
-directory of a checkout of greekinRoma/DATransNet (GaNet) or
-YuChuang1205/MSDA-Net (GGL-Net), and the model class is imported from there at
-run time. Both repositories have a top-level package named `model`, whose
-`__init__.py` imports every network of the repository (some of them missing),
-so the class is imported through a namespace package that skips that file,
-and the two checkouts never see each other's modules.
+directory of a checkout of greekinRoma/Gradient-Transformer (GaNet, whose model
+class is named DATransNet) or YuChuang1205/MSDA-Net (GGL-Net), and the model
+class is imported from there at run time. Both repositories have a top-level
+package named `model`, whose `__init__.py` imports every network of the
+repository (some of them missing), so the class is imported through a
+namespace package that skips that file, and the two checkouts never see each
+other's modules.
+
+greekinRoma/DATransNet has the same file, model/DATransNet/segmentation.py, but
+holds the authors' later DATransNet network (other skip modules and head; its
+InceptionNeXt block needs timm). A checkout of it is refused with a message
+naming Gradient-Transformer (`check_checkout`); the parity fixtures, the
+converter and `irstd_jax.models.ganet` follow the paper's GaNet.
 
 The official GaNet builds constant tensors with `.cuda()` in its constructor;
 on a machine without CUDA that call is made a no-op while the model is built.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pathlib
+import re
 import sys
 import types
 from typing import Callable, Iterable
@@ -31,6 +39,50 @@ OFFICIAL = {
     'gglnet': ('model/GGL_Net/model_GGL.py', 'model.GGL_Net.model_GGL',
                'GGLNet', lambda size: {}),
 }
+
+
+GANET_REPOSITORY = 'https://github.com/greekinRoma/Gradient-Transformer'
+GGLNET_REPOSITORY = 'https://github.com/YuChuang1205/MSDA-Net'
+
+# Modules that the later DATransNet network's segmentation.py imports and the
+# paper's GaNet does not have (greekinRoma/DATransNet after January 2025).
+_LATER_DATRANSNET_MODULES = ('DATrans', 'CSPBlocks', 'Non_local')
+# GaNet's GradFormer, imported by its segmentation.py.
+_GANET_MODULE = 'CDCNs.Gradient_model'
+
+
+def _relative_imports(path: pathlib.Path) -> list[str]:
+  """The modules a file imports relatively ('from .X.Y import ...' -> 'X.Y')."""
+  text = path.read_text(encoding='utf-8', errors='replace')
+  return re.findall(r'^\s*from\s+\.([\w.]+)\s+import', text, flags=re.MULTILINE)
+
+
+def check_checkout(name: str, root: pathlib.Path, given: str | None = None) -> None:
+  """Raises a ValueError unless `root` is a checkout of `name`'s official code.
+
+  For GaNet, a checkout of greekinRoma/DATransNet (the later network, in the
+  same file) is told to use greekinRoma/Gradient-Transformer instead.
+  """
+  given = given or str(root)
+  marker = root / OFFICIAL[name][0]
+  if not marker.is_file():
+    repository = GANET_REPOSITORY if name == 'ganet' else GGLNET_REPOSITORY
+    raise ValueError(f'--torch-reference {given}: no {OFFICIAL[name][0]}; pass '
+                     f'the root of a checkout of {repository}.')
+  if name != 'ganet':
+    return
+  imports = _relative_imports(marker)
+  later = [m for m in imports if m.split('.')[0] in _LATER_DATRANSNET_MODULES]
+  if later or _GANET_MODULE not in imports:
+    reason = (f'it imports {", ".join("." + m for m in later)}, modules GaNet '
+              'does not have' if later else
+              f"it does not import GaNet's GradFormer (.{_GANET_MODULE})")
+    raise ValueError(
+        f'--torch-reference {given}: {OFFICIAL[name][0]} there is not the '
+        f"paper's GaNet: {reason}. greekinRoma/DATransNet holds the authors' "
+        'later DATransNet network in that file (its InceptionNeXt block needs '
+        "timm). GaNet's official code is greekinRoma/Gradient-Transformer: "
+        f'git clone {GANET_REPOSITORY} and pass that directory.')
 
 
 def import_torch():
@@ -48,7 +100,8 @@ def find_references(dirs: Iterable[str]) -> dict[str, pathlib.Path]:
   """Maps each model name to the checkout among `dirs` that has its code.
 
   Raises:
-    ValueError: a directory is missing or holds neither official model.
+    ValueError: a directory is missing, holds neither official model, or holds
+      greekinRoma/DATransNet's later network instead of GaNet.
   """
   found = {}
   for d in dirs:
@@ -60,8 +113,10 @@ def find_references(dirs: Iterable[str]) -> dict[str, pathlib.Path]:
       markers = ', '.join(m for m, *_ in OFFICIAL.values())
       raise ValueError(
           f'--torch-reference {d}: holds none of {markers}. Pass the root of a '
-          'checkout of greekinRoma/DATransNet or YuChuang1205/MSDA-Net.')
+          'checkout of greekinRoma/Gradient-Transformer (GaNet) or '
+          'YuChuang1205/MSDA-Net (GGL-Net).')
     for n in names:
+      check_checkout(n, root, d)
       found[n] = root
   return found
 
@@ -101,6 +156,7 @@ def _cuda_calls_stay_on_cpu(torch):
 
 def build_official(name: str, root: pathlib.Path, size: int):
   """The official torch module for `name`, built for `size` x `size` inputs."""
+  check_checkout(name, root)
   torch = import_torch()
   _, module_name, class_name, kwargs = OFFICIAL[name]
   with _isolated_model_package(root):

@@ -113,6 +113,53 @@ def test_torch_reference_rejects_other_directories(tmp_path):
     torch_reference.find_references([str(tmp_path / 'absent')])
 
 
+def _fake_ganet_checkout(root: pathlib.Path, imports: str) -> pathlib.Path:
+  """A checkout layout with model/DATransNet/segmentation.py importing `imports`."""
+  (root / 'model' / 'DATransNet').mkdir(parents=True)
+  (root / 'model' / '__init__.py').write_text('')
+  (root / 'model' / 'DATransNet' / 'segmentation.py').write_text(
+      'import torch\n' + textwrap.dedent(imports))
+  return root
+
+
+def test_torch_reference_accepts_a_gradient_transformer_layout(tmp_path):
+  """greekinRoma/Gradient-Transformer: GaNet's GradFormer, nothing later."""
+  from benchmarks import torch_reference
+  root = _fake_ganet_checkout(tmp_path / 'Gradient-Transformer', '''
+      from .Gradient_attention.contrast_and_atrous import AttnContrastLayer
+      from .CDCNs.Gradient_model import ExpansionContrastModule
+      from .AttentionModule import *
+  ''')
+  assert torch_reference.find_references([str(root)]) == {'ganet': root.resolve()}
+
+
+@pytest.mark.parametrize('imports', [
+    # greekinRoma/DATransNet now: DATrans skips and an InceptionNeXt head (timm).
+    '''
+    from .Gradient_attention.contrast_and_atrous import AttnContrastLayer
+    from .DATrans.DATrans import DATrans
+    from .AttentionModule import *
+    from .CSPBlocks.InceptionNext import InceptionDWConv2d
+    ''',
+    # An earlier DATransNet commit: GradFormer plus a TGM / TRM block.
+    '''
+    from .CDCNs.Gradient_model import ExpansionContrastModule
+    from .Non_local.TGMandTRM import TGMandTRM
+    ''',
+])
+def test_torch_reference_names_gradient_transformer_for_datransnet(tmp_path, imports):
+  """A DATransNet checkout is refused, naming the repository that has GaNet."""
+  from benchmarks import torch_reference
+  root = _fake_ganet_checkout(tmp_path / 'DATransNet', imports)
+  with pytest.raises(ValueError, match='greekinRoma/Gradient-Transformer') as error:
+    torch_reference.find_references([str(root)])
+  assert 'not the paper\'s GaNet' in str(error.value)
+  # Also where the model is built (benchmarks.conv_layers goes there directly),
+  # before torch is needed.
+  with pytest.raises(ValueError, match='greekinRoma/Gradient-Transformer'):
+    torch_reference.build_official('ganet', root.resolve(), 32)
+
+
 @pytest.mark.parametrize('with_torch', [False, True])
 def test_conv_layers_smoke(tmp_path, with_torch):
   """The per-layer convolution benchmark at a tiny shape."""
