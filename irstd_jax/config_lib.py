@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_epochs=1,  # Also saved after every evaluation and at the end.
+      # Also saved inside an epoch after this many minutes of training, so an
+      # interruption loses at most that much (0: only at epoch ends).
+      every_minutes=10.0,
       keep=2,          # Latest checkpoints kept, plus the best one.
   ))
   c.log_every_steps = 20

@@ -138,8 +138,10 @@ class JsonlWriter(MetricWriter):
   everything `metrics.compute` returns; a resumed run appends to it.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, resume_step: int | None = None):
     self._path = path
+    if resume_step is not None and os.path.exists(path):
+      _drop_records_after(path, resume_step)
     self._file = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
 
   def write_scalars(self, step, scalars):
@@ -154,6 +156,22 @@ class JsonlWriter(MetricWriter):
 
   def close(self):
     self._file.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites a metrics.jsonl without the records of steps after `step`.
+
+  A resumed run repeats the steps after its checkpoint; their first records
+  go, so that every step appears once. The file is replaced atomically.
+  """
+  with open(path, encoding='utf-8') as f:
+    lines = f.readlines()
+  kept = [line for line in lines
+          if not line.strip() or json.loads(line).get('step', -1) <= step]
+  if len(kept) != len(lines):
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
 
 
 class LoggingWriter(MetricWriter):
@@ -223,13 +241,15 @@ class MultiWriter(MetricWriter):
 
 
 def create_default_writer(logdir: str, *, just_logging: bool = False,
-                          jsonl_name: str = 'metrics.jsonl') -> MetricWriter:
+                          jsonl_name: str = 'metrics.jsonl',
+                          resume_step: int | None = None) -> MetricWriter:
   """Log + TensorBoard + metrics.jsonl in `logdir` (only logging if just_logging).
 
-  Pass `just_logging=jax.process_index() > 0` so that one host writes files.
+  Pass `just_logging=jax.process_index() > 0` so that one host writes files,
+  and `resume_step` when a run resumes from that step (see JsonlWriter).
   """
   if just_logging:
     return LoggingWriter()
   os.makedirs(logdir, exist_ok=True)
   return MultiWriter([LoggingWriter(), TensorBoardWriter(logdir),
-                      JsonlWriter(os.path.join(logdir, jsonl_name))])
+                      JsonlWriter(os.path.join(logdir, jsonl_name), resume_step=resume_step)])

@@ -275,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       best_metric=config.eval.best_metric)
   train_iter = create_train_iterator(config, train_source)
 
-  step, best, last_eval, final_examples = 0, None, None, None
+  step, best, last_eval, final_examples, resumed_losses = 0, None, None, None, []
   latest = checkpoints.latest_step()
   if latest is not None:
     _check_compatible(checkpoints.restore_meta(latest), description, workdir,
@@ -283,15 +283,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state, meta = _restore(checkpoints, latest, state, workdir)
     train_iter.set_state(meta['input_state'])
     step, best, last_eval = meta['step'], meta['best'], meta['last_eval']
+    resumed_losses = meta.get('epoch_losses', [])
     logging.info('Resumed from %s at step %d.', checkpoints.directory, step)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, resume_step=step if latest is not None else None)
   if is_chief:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
     if step == 0:
       writer.write_hparams(_flatten(config.to_dict()))
+      writer.flush()
   _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps,
                 workdir if is_chief else None)
   _print(f'{config.model.name}: {num_params / 1e6:.3f} M parameters; '
@@ -299,50 +302,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
          f'{num_epochs} epochs ({total_steps} steps) on {mesh.size} device(s)'
          + (f'; resuming at step {step}' if step else '') + '.')
 
-  def save(epoch, scalars):
+  def save(epoch, scalars, epoch_losses=()):
     meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
             'best': best, 'last_eval': last_eval, 'model': description,
-            'input': _input_description(config),
+            'input': _input_description(config), 'epoch_losses': list(epoch_losses),
             'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
     checkpoints.save(step, state, meta, metrics=scalars)
 
+  save_every = 60 * float(config.checkpoint.get('every_minutes') or 0)
+  last_save, compiled = time.monotonic(), False
   progress = _progress_bar(total_steps, step, is_chief)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch + 1
       epoch_end = epoch * steps_per_epoch
-      pending, pending_first, epoch_losses, epoch_first = [], step + 1, [], step
-      start = time.perf_counter()
+      pending, pending_first, shown = [], step + 1, step
+      # A run resumed inside an epoch keeps that epoch's earlier losses.
+      epoch_losses = list(resumed_losses) if step % steps_per_epoch else []
+      resumed_losses, timed_steps, train_seconds = [], 0, 0.0
       while step < epoch_end:
+        started = time.perf_counter()
         batch = input_pipeline.shard_batch(next(train_iter), sharding.batch_sharded(mesh))
+        if not compiled:
+          progress.set_description_str('compiling the train step')
         state, outputs = train_step(state, batch)
         step += 1
         pending.append(outputs['loss'])
-        if step % config.log_every_steps == 0 or step == epoch_end:
+        if len(pending) > 1:  # One step stays in flight; the bar counts finished ones.
+          pending[-2].block_until_ready()
+          progress.update(step - 1 - shown)
+          shown = step - 1
+        due = step % config.log_every_steps == 0 or step == epoch_end
+        save_due = save_every and time.monotonic() - last_save >= save_every
+        if due or save_due:
           values = np.asarray(sharding.to_host(pending), np.float64)
           _check_finite(values, pending_first, checkpoints, workdir)
           epoch_losses.extend(values.tolist())
-          progress.update(len(pending))
+          progress.update(step - shown)
+          shown = step
           progress.set_postfix(loss=f'{values[-1]:.4f}', epoch=epoch, refresh=False)
           pending, pending_first = [], step + 1
-      seconds = time.perf_counter() - start
+        if compiled:  # The first step's compilation is not training time.
+          train_seconds += time.perf_counter() - started
+          timed_steps += 1
+        else:
+          jax.block_until_ready(outputs['loss'])
+          compiled = True
+          progress.set_description_str('')
+          progress.unpause()
+        if save_due and step < epoch_end:  # At the epoch's end the epoch saves.
+          save(epoch, None, epoch_losses)
+          last_save = time.monotonic()
+          progress.unpause()
+      steps_per_second = timed_steps / train_seconds if train_seconds else math.nan
       train_scalars = {
           'train/loss': float(np.mean(epoch_losses)),
           'train/learning_rate': float(learning_rate_fn(step - 1)),
           'train/grad_norm': float(sharding.to_host(outputs['grad_norm'])),
-          'train/steps_per_second': (step - epoch_first) / seconds,
+          'train/steps_per_second': steps_per_second,
           'epoch': epoch}
       writer.write_scalars(step, train_scalars)
-      remaining = (total_steps - step) / max(train_scalars['train/steps_per_second'], 1e-9)
+      remaining = (total_steps - step) / steps_per_second
       line = (f'epoch {epoch}/{num_epochs}  step {step}  loss {train_scalars["train/loss"]:.4f}  '
               f'lr {train_scalars["train/learning_rate"]:.2e}  '
-              f'{train_scalars["train/steps_per_second"]:.2f} steps/s  '
-              f'ETA {_duration(remaining)}')
+              f'{steps_per_second:.2f} steps/s  ETA {_duration(remaining)}')
 
       scalars = None
       if config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs):
         result = evaluator.run(state['model'], num_examples=max(
-            config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0))
+            config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0),
+                               show_progress=is_chief)
         if epoch == num_epochs:
           final_examples = result.examples  # For the overlays: no second pass.
         scalars = result.scalars
@@ -356,7 +385,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if scalars is not None or config_lib.is_epoch_due(
           epoch, config.checkpoint.every_epochs, num_epochs):
         save(epoch, scalars)
+        last_save = time.monotonic()
       writer.flush()
+      progress.unpause()  # Evaluation and saving are not training time.
       progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
     _report_final(config, workdir, writer, last_eval, best, num_params)
     if config.eval.num_overlays:
@@ -426,6 +457,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The metrics dict (as `metrics.compute` gives it) plus 'step' and 'epoch'.
   """
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):  # Checked first: nothing is created in workdir.
+    raise FileNotFoundError(
+        f'No checkpoints in {workdir} (no {directory}): train first, or point '
+        '--workdir at a training run.')
   mesh = sharding.create_mesh(devices)
   split = split or config.eval.split
   (source,) = load_sources(config, (split,))
@@ -433,14 +469,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   model = create_model(config)
   state = steps.create_state(
       model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
-  checkpoints = checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
-      best_metric=config.eval.best_metric)
-  step = checkpoints.resolve(checkpoint)
-  _check_compatible(checkpoints.restore_meta(step), model_description(config), workdir)
-  state, meta = _restore(checkpoints, step, state, workdir)
-  result = evaluation.Evaluator(config, source, mesh, model).run(
-      state['model'], num_examples=_overlay_limit(config))
+  checkpoints = checkpointing.Checkpoints(directory, keep=config.checkpoint.keep,
+                                          best_metric=config.eval.best_metric)
+  try:
+    step = checkpoints.resolve(checkpoint)
+    _check_compatible(checkpoints.restore_meta(step), model_description(config), workdir)
+    state, meta = _restore(checkpoints, step, state, workdir)
+    _print(f'Evaluating checkpoint {checkpoint} (step {step}, epoch {meta["epoch"]}) of '
+           f'{workdir} on {config.dataset.name}/{split} ({len(source)} images).')
+    result = evaluation.Evaluator(config, source, mesh, model).run(
+        state['model'], num_examples=_overlay_limit(config),
+        show_progress=jax.process_index() == 0)
+  finally:
+    checkpoints.close()
   name = f'{checkpoint}_step{step}' if not str(checkpoint).isdigit() else f'step{step}'
   if jax.process_index() == 0:
     report.write_overlays(result.examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
@@ -451,7 +492,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                  'metrics': metric_writers.to_json(result.metrics)}, f, indent=1)
   _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
                               count_params(model)))
-  checkpoints.close()
   return {**result.metrics, 'step': step, 'epoch': meta['epoch']}
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 import jax
 import ml_collections
 import numpy as np
+from tqdm import auto as tqdm
 
 from irstd_jax import input_pipeline
 from irstd_jax import metrics
@@ -136,7 +137,7 @@ class Evaluator:
         examples.append(report.Example.crop(image_id, batch, i, probs[i]))
 
   def run(self, model_state: Any, *, num_examples: int = 0,
-          pd_fa_curve: bool = False) -> Result:
+          pd_fa_curve: bool = False, show_progress: bool = False) -> Result:
     """All metrics of the model on the split.
 
     Args:
@@ -144,15 +145,22 @@ class Evaluator:
       num_examples: how many images to return with their predictions.
       pd_fa_curve: also Pd/Fa at 5 more thresholds (5 more connected-component
         passes per batch; off during training).
+      show_progress: a progress bar over the split's images (on the console).
     """
     stats = metrics.init(pd_fa_thresholds=None if pd_fa_curve else ())
     stats = jax.device_put(stats, sharding.replicated(self.mesh))
     examples: list[report.Example] = []
-    for batch in self.batches():
-      device_batch = self._on_devices(batch)
-      stats = self._step(model_state, stats, device_batch)
-      if len(examples) < num_examples:
-        self._add_examples(examples, num_examples, batch, device_batch['image'], model_state)
+    with tqdm.tqdm(total=len(self.source), unit='image', leave=False, dynamic_ncols=True,
+                   desc=f'evaluating {self.config.eval.split}',
+                   disable=not show_progress) as progress:
+      for batch in self.batches():
+        device_batch = self._on_devices(batch)
+        stats = self._step(model_state, stats, device_batch)
+        if len(examples) < num_examples:
+          self._add_examples(examples, num_examples, batch, device_batch['image'], model_state)
+        if show_progress:  # Counts images as they finish, not as they are queued.
+          jax.block_until_ready(stats)
+          progress.update(sum(1 for i in batch['id'] if i))
     return Result(metrics.compute(sharding.to_host(stats)), examples)
 
   def predict(self, model_state: Any, limit: int) -> list[report.Example]:
