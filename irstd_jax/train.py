@@ -71,11 +71,10 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) 
 
 def training_size(config: ml_collections.ConfigDict) -> int:
   """The side of the training images: the crop, or the recipe's resize."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if config.input.recipe == 'basicirstd':
-    return int(config.input.crop_size)
-  return int(config.input.image_size or input_pipeline.recipe_image_size(
-      config.input.recipe, config.dataset.name))
+  from irstd_jax import recipes  # pylint: disable=g-import-not-at-top
+  return recipes.train_size(config.input.recipe, config.dataset.name,
+                            image_size=config.input.image_size,
+                            crop_size=config.input.crop_size)
 
 
 def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -171,21 +170,24 @@ class DatasetError(ValueError):
   """The config's dataset cannot be loaded (missing, incomplete or misnamed)."""
 
 
-def _mean_std(config):
-  """None (the recipe's own normalisation) unless the config names one."""
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  name = config.input.get('normalization')
-  return None if name is None else input_pipeline.normalization(name)
+def _input_spec(config, source):
+  """The config's input fields, concrete (`source`'s statistics if needed)."""
+  from irstd_jax import recipes  # pylint: disable=g-import-not-at-top
+  inp = config.input
+  return recipes.resolve(
+      inp.recipe, config.dataset.name, image_size=inp.image_size,
+      crop_size=inp.crop_size, num_channels=inp.num_channels,
+      normalization=inp.get('normalization'), resolution=config.eval.resolution,
+      train_source=source)
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Iterator[Any]:
   """This host's slice of the training batches (resumable: get/set_state)."""
   from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  inp = config.input
+  spec = _input_spec(config, source)
   return input_pipeline.train_iterator(
-      source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
-      crop_size=inp.crop_size, image_size=inp.image_size,
-      num_channels=inp.num_channels, mean_std=_mean_std(config),
+      source, recipe=spec.recipe, batch_size=config.input.batch_size, seed=config.seed,
+      size=spec.train_size, num_channels=spec.num_channels, mean_std=spec.mean_std,
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -193,14 +195,11 @@ def eval_batches(config: ml_collections.ConfigDict, source: Any) -> Iterator[dic
   """The evaluation batches, in full on every host."""
   from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   ev = config.eval
-  resolution = ev.resolution
-  if resolution == 'train':
-    resolution = training_size(config)
+  spec = _input_spec(config, source)
   return input_pipeline.eval_batches(
-      source, recipe=config.input.recipe, batch_size=ev.batch_size,
-      resolution=resolution, pad_multiple=ev.pad_multiple,
-      max_shapes=ev.get('max_shapes', 4),
-      num_channels=config.input.num_channels, mean_std=_mean_std(config))
+      source, batch_size=ev.batch_size, resolution=spec.eval_resolution,
+      pad_multiple=ev.pad_multiple, max_shapes=ev.get('max_shapes', 4),
+      num_channels=spec.num_channels, mean_std=spec.mean_std)
 
 
 def _device_eval_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
