@@ -14,6 +14,9 @@ from typing import Any
 
 import ml_collections
 
+from irstd_jax import recipes
+from irstd_jax.datasets import catalog
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses 'quick,epochs=3' into a ConfigDict over `defaults`.
@@ -85,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=ml_collections.FieldReference(None, field_type=int),
       num_channels=1,
       # None: the recipe's (/255 for ganet and gglnet, the dataset's mean/std
-      # for basicirstd); or 'unit', 'sirst_v1', ... (input_pipeline.normalization).
+      # for basicirstd); or 'unit', 'sirst_v1', ... (recipes.normalization).
       normalization=ml_collections.FieldReference(None, field_type=str),
       # Filled in by `resolve` (grey levels): image = (pixel - mean) / std.
       mean=ml_collections.FieldReference(None, field_type=float),
@@ -244,23 +247,20 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
   Returns:
     A resolved copy.
   """
-  from irstd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   c = copy.deepcopy(config)
   inp = c.input
+  given = None if inp.mean is None or inp.std is None else (inp.mean, inp.std)
+  spec = recipes.resolve(
+      inp.recipe, c.dataset.name, image_size=inp.image_size, crop_size=inp.crop_size,
+      num_channels=inp.num_channels, normalization=given or inp.normalization,
+      resolution=c.eval.resolution, train_source=dataset)
   with c.unlocked():
-    if inp.recipe != 'basicirstd' and inp.image_size is None:
-      inp.image_size = input_pipeline.recipe_image_size(inp.recipe, c.dataset.name)
-    if inp.mean is None or inp.std is None:
-      if inp.normalization is not None:
-        mean, std = input_pipeline.normalization(inp.normalization)
-      else:
-        inp.normalization, (mean, std) = input_pipeline.default_normalization(
-            inp.recipe, dataset)
-      inp.mean, inp.std = float(mean), float(std)
-    if not inp.std > 0:
-      raise ValueError(f'input.std={inp.std}: the std must be positive.')
-    if int(inp.num_channels) < 1:
-      raise ValueError(f'input.num_channels={inp.num_channels} must be >= 1.')
+    if recipes.resizes(inp.recipe):
+      inp.image_size = spec.train_size
+    if given is None:
+      inp.normalization = inp.normalization or _normalization_name(inp.recipe, c.dataset.name)
+      inp.mean, inp.std = spec.mean, spec.std
+    inp.num_channels = spec.num_channels
     size = training_size(c)
     c.model.options = {k: size if v == TRAIN_SIZE else v
                        for k, v in c.model.get('options', {}).items()}
@@ -270,7 +270,15 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
           f'model.options.in_channels={channels} differs from '
           f'input.num_channels={inp.num_channels}: set one of them (the model '
           'takes the input\'s channels when in_channels is not given).')
-    if c.eval.resolution == 'train':
-      del c.eval['resolution']  # A str field becomes an int one.
-      c.eval.resolution = size
+    if c.eval.resolution != spec.eval_resolution:
+      del c.eval['resolution']  # A str field may become an int one.
+      c.eval.resolution = spec.eval_resolution
   return c
+
+
+def _normalization_name(recipe: str, dataset: str) -> str:
+  """What `recipes.resolve` normalises by when the config names nothing."""
+  if recipes.resizes(recipe):
+    return 'unit'
+  known = catalog.find(dataset)
+  return known.name if known is not None and known.mean_std is not None else 'dataset statistics'

@@ -1,4 +1,4 @@
-"""Training and evaluation batches with the IRSTD recipes people use.
+"""Training and evaluation batches from a split held in RAM.
 
 The datasets are small (427 to ~1,300 images), so a split is decoded once
 into RAM and batches are cut with numpy. Measured against grain on this
@@ -15,23 +15,8 @@ state is three integers. Each batch is a pure function of (seed, step):
 * each process computes only its slice [p*B/P, (p+1)*B/P) of every global
   batch; `shard_batch` joins the slices into global arrays on the 'data' axis.
 
-Recipes (`recipe=`), from the official code (../shared/research/anchors.md):
-* `basicirstd`: BasicIRSTD. Normalise by the dataset's mean / std, zero-pad
-  (in normalised units) to at least `crop_size`, take a random `crop_size`
-  patch that holds a target pixel with probability 0.5, then vertical flip,
-  horizontal flip and transpose, each with probability 0.5. 1 channel.
-* `ganet`: GaNet's code. Resize to `image_size` (default 256; 512 for
-  irstd_1k, i.e. native), bilinear (cv2 INTER_LINEAR) for images, nearest for
-  masks; no augmentation; /255; 1 channel.
-* `gglnet`: GGL-Net's (MSDA-Net) code. Resize to `image_size` (default 512;
-  256 for nudt_sirst), then with probability 0.5 three distinct ops of the
-  albumentations `SomeOf` list, in random order: vertical / horizontal flip,
-  transpose, rotate-90 (each p 0.5), brightness +-0.2*255 and contrast
-  x[0.8, 1.2] (each p 0.2), rotate +-45 deg, shift +-10 %, scale x[0.8, 1.2]
-  (each p 0.5; bilinear images, nearest masks, reflect-101 borders), Gaussian
-  noise of variance 10..50 (p 0.2), two no-ops; /255; 3 channels (the grey
-  image repeated: our datasets store grey, where the official code reads the
-  PNG as RGB).
+What happens to each example is the recipe's (`recipes`); the sizes, channels
+and normalisation come concrete from `recipes.resolve`.
 
 Evaluation (`eval_batches`): `resolution='native'` pads each image (after
 normalisation, with zeros) to a multiple of `pad_multiple` and then to one of
@@ -50,71 +35,10 @@ import math
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
+import jax
 import numpy as np
-import PIL.Image
 
-from irstd_jax.datasets import imageio
-
-RECIPES = ('basicirstd', 'ganet', 'gglnet')
-
-UNIT = (0.0, 255.0)
-# BasicIRSTD's constants (utils.py: get_img_norm_cfg). They are not this
-# project's SIRST copy's statistics (mean 111.98, std 27.63 over all 427
-# images by the same rule), but they are what the published numbers used.
-NORMALIZATIONS = {
-    'unit': UNIT,
-    'sirst_v1': (101.06385040283203, 34.619606018066406),
-    'nudt_sirst': (107.80905151367188, 33.02274703979492),
-    'irstd_1k': (87.4661865234375, 39.71953201293945),
-}
-_ALIASES = {
-    'nuaa_sirst': 'sirst_v1', 'nuaa-sirst': 'sirst_v1', 'sirst': 'sirst_v1',
-    'sirst-v1': 'sirst_v1', 'nudt-sirst': 'nudt_sirst',
-    'irstd-1k': 'irstd_1k', 'irstd1k': 'irstd_1k',
-}
-
-
-def _canonical(name: str | None) -> str | None:
-  if name is None:
-    return None
-  key = str(name).lower()
-  return _ALIASES.get(key, key)
-
-
-def normalization(name: str) -> tuple[float, float]:
-  """(mean, std) in grey levels: 'unit' (/255) or a dataset's BasicIRSTD values.
-
-  Known: 'unit', 'sirst_v1' (alias 'nuaa_sirst'), 'nudt_sirst', 'irstd_1k'.
-  Other datasets: pass `mean_std=None` to the pipelines to use the dataset's
-  own statistics (`Source.mean_std`, computed when it was built).
-  """
-  key = _canonical(name)
-  if key not in NORMALIZATIONS:
-    raise ValueError(
-        f'No normalisation named {name!r}; known: {sorted(NORMALIZATIONS)}. '
-        "For another dataset use mean_std=None (its own statistics) or 'unit'.")
-  return NORMALIZATIONS[key]
-
-
-def recipe_image_size(recipe: str, dataset: str | None) -> int | None:
-  """The side the recipe resizes to (None: native resolution / crops)."""
-  _check_recipe(recipe)
-  dataset = _canonical(dataset)
-  if recipe == 'ganet':
-    return 512 if dataset == 'irstd_1k' else 256
-  if recipe == 'gglnet':
-    return 256 if dataset == 'nudt_sirst' else 512
-  return None
-
-
-def recipe_channels(recipe: str) -> int:
-  _check_recipe(recipe)
-  return 3 if recipe == 'gglnet' else 1
-
-
-def _check_recipe(recipe: str) -> None:
-  if recipe not in RECIPES:
-    raise ValueError(f'Unknown recipe {recipe!r}; use one of {RECIPES}.')
+from irstd_jax import recipes
 
 
 def steps_per_epoch(source_len: int, batch_size: int) -> int:
@@ -162,12 +86,11 @@ class _Arrays:
     return self._targets[index]
 
   def resized(self, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image (bilinear, rounded to uint8 as cv2 does) and mask (nearest)."""
+    """`recipes.resize` of example `index`, kept (every epoch resizes it)."""
     key = (index, size)
     if key not in self._resized:
-      self._resized[key] = (
-          imageio.resize_image_uint8(self.images[index], (size, size)),
-          imageio.resize_nearest(self.masks[index], (size, size)))
+      self._resized[key] = recipes.resize(self.images[index],
+                                          self.masks[index], size)
     return self._resized[key]
 
 
@@ -192,176 +115,29 @@ def _arrays(source) -> _Arrays:
   return cached
 
 
-def dataset_mean_std(source) -> tuple[float, float]:
-  """Mean of per-image means and stds (BasicIRSTD's rule for new datasets)."""
-  stats = getattr(source, 'mean_std', None)
-  if stats:
-    return float(stats[0]), float(stats[1])
-  data = _arrays(source)
-  means = [float(np.mean(image, dtype=np.float64)) for image in data.images]
-  stds = [float(np.std(image, dtype=np.float64)) for image in data.images]
-  return float(np.mean(means)), float(np.mean(stds))
+def _train_transform(recipe: str, size: int, mean: float, std: float
+                     ) -> Callable:
+  """(data, index, rng) -> one training example of `recipe`, from the cache."""
+  if not recipes.resizes(recipe):
+    def crop(data: _Arrays, index: int, rng: np.random.Generator):
+      return recipes.basicirstd(data.images[index], data.masks[index], rng,
+                                crop=size, mean=mean, std=std,
+                                targets=data.target_pixels(index))
+    return crop
+  augment = {'ganet': recipes.ganet, 'gglnet': recipes.gglnet}[recipe]
+
+  def resized(data: _Arrays, index: int, rng: np.random.Generator):
+    image, mask = data.resized(index, size)
+    return augment(image, mask, rng, mean=mean, std=std)
+  return resized
 
 
-def default_normalization(recipe: str, source) -> tuple[str, tuple[float, float]]:
-  """The recipe's normalisation for `source`'s dataset, and its name.
-
-  /255 ('unit') for ganet and gglnet; for basicirstd the dataset's BasicIRSTD
-  values, or its own statistics ('dataset statistics') when it has none.
-  """
-  _check_recipe(recipe)
-  name = _canonical(getattr(source, 'name', None))
-  if recipe != 'basicirstd':
-    return 'unit', UNIT
-  if name in NORMALIZATIONS:
-    return name, NORMALIZATIONS[name]
-  return 'dataset statistics', dataset_mean_std(source)
-
-
-def _resolve(recipe, source, image_size, num_channels, mean_std):
-  _check_recipe(recipe)
-  name = getattr(source, 'name', None)
-  if mean_std is None:
-    if recipe != 'basicirstd':
-      mean_std = UNIT
-    elif _canonical(name) in NORMALIZATIONS:
-      mean_std = NORMALIZATIONS[_canonical(name)]
-    else:
-      mean_std = dataset_mean_std(source)
-  mean, std = float(mean_std[0]), float(mean_std[1])
-  if not std > 0:
-    raise ValueError(f'mean_std={mean_std}: the std must be positive.')
-  if image_size is None:
-    image_size = recipe_image_size(recipe, name)
-  if num_channels is None:
-    num_channels = recipe_channels(recipe)
-  if num_channels < 1:
-    raise ValueError(f'num_channels={num_channels} must be >= 1.')
-  return image_size, int(num_channels), (mean, std)
-
-
-# -- Per-example recipes -------------------------------------------------------
-
-
-def _basicirstd(data: _Arrays, index: int, rng: np.random.Generator, *,
-                crop: int, mean: float, std: float):
-  raw, mask = data.images[index], data.masks[index]
-  height, width = raw.shape
-  # BasicIRSTD pads the normalised image with zeros (bottom / right) up to
-  # the crop size; only the crop is computed here.
-  padded_h, padded_w = max(height, crop), max(width, crop)
-  rows, cols = data.target_pixels(index)
-  if rng.random() < 0.5 and len(rows):
-    k = rng.integers(len(rows))
-    y, x = int(rows[k]), int(cols[k])
-    top = rng.integers(max(0, y - crop + 1), min(y, padded_h - crop) + 1)
-    left = rng.integers(max(0, x - crop + 1), min(x, padded_w - crop) + 1)
-  else:
-    top = rng.integers(0, padded_h - crop + 1)
-    left = rng.integers(0, padded_w - crop + 1)
-  patch = np.zeros((crop, crop), np.float32)
-  patch_mask = np.zeros((crop, crop), bool)
-  inside_h, inside_w = min(height - top, crop), min(width - left, crop)
-  region = raw[top:top + inside_h, left:left + inside_w]
-  patch[:inside_h, :inside_w] = (region.astype(np.float32) - mean) / std
-  patch_mask[:inside_h, :inside_w] = mask[top:top + inside_h,
-                                          left:left + inside_w]
-  if rng.random() < 0.5:
-    patch, patch_mask = patch[::-1], patch_mask[::-1]
-  if rng.random() < 0.5:
-    patch, patch_mask = patch[:, ::-1], patch_mask[:, ::-1]
-  if rng.random() < 0.5:
-    patch, patch_mask = patch.T, patch_mask.T
-  return patch, patch_mask
-
-
-def _ganet(data: _Arrays, index: int, rng, *, size: int, mean: float,
-           std: float):
-  del rng  # No augmentation in GaNet's code.
-  image, mask = data.resized(index, size)
-  return (image.astype(np.float32) - mean) / std, mask
-
-
-def _warp(image, mask, matrix, offset):
-  """Affine warp, output -> input (row, col) coordinates; reflect-101 borders.
-
-  Pillow's affine transform on a reflect-padded copy: same values as
-  `scipy.ndimage.affine_transform(order=1 / 0, mode='mirror')` to 2e-5 grey
-  levels, about twice as fast.
-  """
-  height, width = image.shape
-  corners = np.array([[0, 0], [0, width - 1], [height - 1, 0],
-                      [height - 1, width - 1]], np.float64)
-  sources = corners @ matrix.T + offset
-  overflow = max(0.0, -sources.min(),
-                 (sources - [height - 1, width - 1]).max())
-  pad = int(np.ceil(overflow)) + 2
-  padded = np.pad(np.asarray(image, np.float32), pad, mode='reflect')
-  padded_mask = np.pad(np.asarray(mask, np.uint8), pad, mode='reflect')
-  # Pillow maps output (x, y) to input (a x + b y + c, d x + e y + f) with
-  # pixel centres at +0.5; ours maps (row, col) with centres at integers.
-  shift = np.asarray(offset, np.float64) + pad
-  a, b, d, e = matrix[1, 1], matrix[1, 0], matrix[0, 1], matrix[0, 0]
-  coefficients = (a, b, shift[1] + 0.5 - 0.5 * (a + b),
-                  d, e, shift[0] + 0.5 - 0.5 * (d + e))
-  affine = PIL.Image.Transform.AFFINE
-  warped = PIL.Image.fromarray(padded, 'F').transform(
-      (width, height), affine, coefficients,
-      resample=PIL.Image.Resampling.BILINEAR)
-  warped_mask = PIL.Image.fromarray(padded_mask, 'L').transform(
-      (width, height), affine, coefficients,
-      resample=PIL.Image.Resampling.NEAREST)
-  return np.asarray(warped), np.asarray(warped_mask) > 0
-
-
-def _about_center(shape, linear):
-  center = (np.asarray(shape, np.float64) - 1) / 2
-  return linear, center - linear @ center
-
-
-def _gglnet_op(op: int, image, mask, rng: np.random.Generator):
-  """One op of the MSDA-Net `A.SomeOf` list, each with its own probability."""
-  if op == 0 and rng.random() < 0.5:      # VerticalFlip
-    return image[::-1], mask[::-1]
-  if op == 1 and rng.random() < 0.5:      # HorizontalFlip
-    return image[:, ::-1], mask[:, ::-1]
-  if op == 2 and rng.random() < 0.5:      # Transpose
-    return image.T, mask.T
-  if op == 3 and rng.random() < 0.5:      # RandomRotate90
-    turns = int(rng.integers(4))
-    return np.rot90(image, turns), np.rot90(mask, turns)
-  if op == 4 and rng.random() < 0.2:      # RandomBrightness(0.2)
-    return np.clip(image + rng.uniform(-0.2, 0.2) * 255, 0, 255), mask
-  if op == 5 and rng.random() < 0.2:      # RandomContrast(0.2)
-    return np.clip(image * rng.uniform(0.8, 1.2), 0, 255), mask
-  if op == 6 and rng.random() < 0.5:      # Rotate(45)
-    angle = np.deg2rad(rng.uniform(-45, 45))
-    cos, sin = np.cos(angle), np.sin(angle)
-    matrix, offset = _about_center(image.shape,
-                                   np.array([[cos, -sin], [sin, cos]]))
-    return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 7 and rng.random() < 0.5:      # ShiftScaleRotate(shift 0.1)
-    shift = rng.uniform(-0.1, 0.1, size=2) * np.asarray(image.shape)
-    return _warp(np.ascontiguousarray(image), mask, np.eye(2), -shift)
-  if op == 8 and rng.random() < 0.5:      # ShiftScaleRotate(scale 0.2)
-    scale = rng.uniform(0.8, 1.2)
-    matrix, offset = _about_center(image.shape, np.eye(2) / scale)
-    return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 9 and rng.random() < 0.2:      # GaussNoise(var 10..50)
-    sigma = np.sqrt(rng.uniform(10, 50))
-    noisy = image + rng.normal(0, sigma, image.shape).astype(np.float32)
-    return np.clip(noisy, 0, 255), mask
-  return image, mask                       # NoOp (10, 11) or not drawn.
-
-
-def _gglnet(data: _Arrays, index: int, rng: np.random.Generator, *,
-            size: int, mean: float, std: float):
-  image, mask = data.resized(index, size)
-  image = image.astype(np.float32)
-  if rng.random() < 0.5:
-    for op in rng.choice(12, size=3, replace=False):
-      image, mask = _gglnet_op(int(op), image, mask, rng)
-  return (np.asarray(image, np.float32) - mean) / std, mask
+def _concrete(**values) -> None:
+  """A clear error for a value left to be resolved (`recipes.resolve`)."""
+  for name, value in values.items():
+    if value is None:
+      raise ValueError(f'{name}=None: the input pipeline takes concrete values; '
+                       'get them from recipes.resolve(recipe, dataset, ...).')
 
 
 # -- Training iterator ---------------------------------------------------------
@@ -471,9 +247,7 @@ class TrainIterator(Iterator[dict]):
 
 
 def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
-                   crop_size: int = 256, image_size: int | None = None,
-                   num_channels: int | None = None,
-                   mean_std: Sequence[float] | None = None,
+                   size: int, num_channels: int, mean_std: Sequence[float],
                    process_index: int | None = None,
                    process_count: int | None = None,
                    num_threads: int = 1, prefetch: int = 2) -> TrainIterator:
@@ -481,16 +255,13 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
 
   Args:
     source: a `datasets.load` source (or any sequence of example dicts).
-    recipe: 'basicirstd', 'ganet' or 'gglnet' (see the module docstring).
+    recipe: 'basicirstd', 'ganet' or 'gglnet' (see `recipes`).
     batch_size: the global batch size (over all processes).
     seed: the data seed (order and augmentation).
-    crop_size: basicirstd's patch side.
-    image_size: ganet / gglnet resize side (None: the recipe's default for
-      the dataset, see `recipe_image_size`).
-    num_channels: channels of `image` (None: 1, or 3 for gglnet); the grey
-      image is repeated.
-    mean_std: (mean, std) in grey levels; None: /255 for ganet / gglnet, the
-      dataset's BasicIRSTD values (or its own statistics) for basicirstd.
+    size: the side of the training images: basicirstd's crop, ganet /
+      gglnet's resize (`recipes.resolve(...).train_size`).
+    num_channels: channels of `image`; the grey image is repeated.
+    mean_std: (mean, std) in grey levels.
     process_index, process_count: default `jax.process_index()` / `_count()`.
     num_threads, prefetch: background threads and batches computed ahead
       (prefetch=0: computed on `next()`); the batches do not depend on them.
@@ -498,33 +269,29 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
   Returns:
     A `TrainIterator` (infinite; `get_state` / `set_state`).
   """
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+  recipes.check(recipe)
+  _concrete(size=size, num_channels=num_channels, mean_std=mean_std)
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
   if batch_size < 1 or batch_size % process_count:
     raise ValueError(f'batch_size={batch_size} must be a positive multiple of '
                      f'the process count ({process_count}).')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in '
                      f'[0, {process_count}).')
+  if size < 1 or num_channels < 1 or not mean_std[1] > 0:
+    raise ValueError(f'size={size}, num_channels={num_channels} and the std of '
+                     f'mean_std={tuple(mean_std)} must be positive.')
   data = _arrays(source)
-  image_size, num_channels, (mean, std) = _resolve(
-      recipe, source, image_size, num_channels, mean_std)
-  if recipe == 'basicirstd':
-    if crop_size < 1:
-      raise ValueError(f'crop_size={crop_size} must be positive.')
-    transform = functools.partial(_basicirstd, crop=int(crop_size), mean=mean,
-                                  std=std)
-  else:
-    transform = functools.partial(_ganet if recipe == 'ganet' else _gglnet,
-                                  size=int(image_size), mean=mean, std=std)
-  size = crop_size if recipe == 'basicirstd' else image_size
+  transform = _train_transform(recipe, int(size), float(mean_std[0]),
+                               float(mean_std[1]))
   return TrainIterator(data, transform, recipe=recipe, size=size,
                        global_batch=batch_size,
                        process_index=process_index,
                        process_count=process_count, seed=seed,
-                       num_channels=num_channels, num_threads=num_threads,
+                       num_channels=int(num_channels), num_threads=num_threads,
                        prefetch=prefetch)
 
 
@@ -567,10 +334,9 @@ def _smallest_fit(shape, buckets):
   return min(fits, key=lambda b: (b[0] * b[1], b))
 
 
-def eval_batches(source, *, recipe: str, batch_size: int,
-                 resolution: str | int = 'native', pad_multiple: int = 32,
-                 num_channels: int | None = None,
-                 mean_std: Sequence[float] | None = None,
+def eval_batches(source, *, batch_size: int, resolution: str | int,
+                 num_channels: int, mean_std: Sequence[float],
+                 pad_multiple: int = 32,
                  max_shapes: int = 4) -> Iterator[dict[str, Any]]:
   """Fixed-size evaluation batches of the whole split, every image once.
 
@@ -580,23 +346,22 @@ def eval_batches(source, *, recipe: str, batch_size: int,
 
   Args:
     source: a `datasets.load` source (or a sequence of example dicts).
-    recipe: picks the normalisation, channels and the 'recipe' resolution.
     batch_size: B.
     resolution: 'native' (pad to `pad_multiple`, then to one of at most
-      `max_shapes` shapes, so a mixed-size set compiles a handful of times),
-      an int side (resize: image bilinear, mask nearest), or 'recipe' (the
-      recipe's training size; native for basicirstd).
+      `max_shapes` shapes, so a mixed-size set compiles a handful of times)
+      or an int side (resize: image bilinear, mask nearest);
+      `recipes.resolve(...).eval_resolution`.
+    num_channels: channels of `image`; the grey image is repeated.
+    mean_std: (mean, std) in grey levels.
     pad_multiple: native-mode padding multiple (32 for 5 poolings).
-    num_channels, mean_std: as in `train_iterator`.
     max_shapes: native-mode bucket count.
   """
+  _concrete(resolution=resolution, num_channels=num_channels,
+            mean_std=mean_std)
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be positive.')
   data = _arrays(source)
-  image_size, num_channels, (mean, std) = _resolve(
-      recipe, source, None, num_channels, mean_std)
-  if resolution == 'recipe':
-    resolution = 'native' if image_size is None else image_size
+  mean, std = float(mean_std[0]), float(mean_std[1])
   if resolution == 'native':
     padded = [(_round_up(i.shape[0], pad_multiple),
                _round_up(i.shape[1], pad_multiple)) for i in data.images]
@@ -605,10 +370,10 @@ def eval_batches(source, *, recipe: str, batch_size: int,
     groups = [(b, [i for i, a in enumerate(assigned) if a == b])
               for b in buckets]
   else:
-    side = int(resolution)
-    if side < 1:
+    if isinstance(resolution, str) or int(resolution) < 1:
       raise ValueError(f'resolution={resolution!r}: use "native" or a '
-                       'positive int.')
+                       'positive int (recipes.resolve gives one).')
+    side = int(resolution)
     groups = [((side, side), list(range(len(data))))]
   for (height, width), indices in groups:
     for start in range(0, len(indices), batch_size):
@@ -623,7 +388,7 @@ def eval_batches(source, *, recipe: str, batch_size: int,
         else:
           pixels, truth = data.resized(index, height)
         h, w = pixels.shape
-        image[slot, :h, :w] = (pixels.astype(np.float32) - mean) / std
+        image[slot, :h, :w] = recipes.normalize(pixels, mean, std)
         mask[slot, :h, :w] = truth
         valid[slot, :h, :w] = True
         ids[slot] = data.ids[index]
@@ -643,7 +408,6 @@ def shard_batch(batch: dict[str, Any], sharding) -> dict[str, Any]:
   `NamedSharding(mesh, P('data'))`. Entries that are not arrays (ids) are
   returned unchanged.
   """
-  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   out = {}
   for key, value in batch.items():
     if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) >= 1:

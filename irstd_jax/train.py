@@ -173,8 +173,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Ite
   inp = config.input
   return input_pipeline.train_iterator(
       source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
-      crop_size=inp.crop_size, image_size=inp.image_size,
-      num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
+      size=config_lib.training_size(config), num_channels=inp.num_channels,
+      mean_std=(inp.mean, inp.std),
       process_index=jax.process_index(), process_count=jax.process_count())
 
 

@@ -94,10 +94,11 @@ def test_resolve_fills_every_derived_value_once():
       config_lib.load_config(str(CONFIGS / 'ganet.py'), 'protocol=basicirstd'), sirst)
   assert basic.input.normalization == 'sirst_v1' and basic.model.options.img_size == 256
   assert basic.input.std == pytest.approx(34.6196, abs=1e-4)
-  own = types.SimpleNamespace(name='my_data', mean_std=(90.0, 20.0))
-  assert config_lib.resolve(
-      config_lib.load_config(str(CONFIGS / 'ganet.py'), 'protocol=basicirstd'),
-      own).input.mean == 90.0
+  own = config_lib.load_config(str(CONFIGS / 'ganet.py'), 'protocol=basicirstd')
+  own.dataset.name = 'irstd_folder'  # No published statistics: the dataset's own.
+  own = config_lib.resolve(own, types.SimpleNamespace(name='irstd_folder', mean_std=(90.0, 20.0)))
+  assert (own.input.mean, own.input.std, own.input.normalization) == (
+      90.0, 20.0, 'dataset statistics')
   gglnet_config.input.num_channels = 1
   with pytest.raises(ValueError, match='in_channels=3 differs from input.num_channels=1'):
     config_lib.resolve(gglnet_config, sirst)

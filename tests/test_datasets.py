@@ -17,6 +17,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from irstd_jax import datasets
+from irstd_jax.datasets import catalog
+from irstd_jax.datasets import nudt_sirst
+from irstd_jax.datasets import sirst_v1
 
 tfds.display_progress_bar(False)
 
@@ -53,8 +56,15 @@ def sirst(shared_dir, tmp_path_factory):
   return {'source': source, 'data_dir': data_dir, 'warnings': caught}
 
 
+def _built_splits(name, **kwargs) -> set[str]:
+  return set(datasets.builder(name, **kwargs).info.splits)
+
+
 def test_sirst_v1_split_counts_and_order(sirst):
   for config, counts in SIRST_COUNTS.items():
+    assert _built_splits('sirst_v1', data_dir=sirst['data_dir'],
+                         config=config) == set(counts) == set(
+                             catalog.get('sirst_v1').splits(config).names)
     for split, count in counts.items():
       source = datasets.load('sirst_v1', split, data_dir=sirst['data_dir'],
                              config=config)
@@ -194,6 +204,12 @@ def test_nudt_sirst_layouts(tmp_path):
   basic = datasets.load('nudt_sirst', 'test', source_dir=root,
                         data_dir=data_dir, config='basicirstd')
   assert [e['id'] for e in basic] == names[1::2]
+  nudt = catalog.get('nudt_sirst')
+  assert _built_splits('nudt_sirst', data_dir=data_dir) == set(
+      nudt.splits().names)
+  assert _built_splits('nudt_sirst', data_dir=data_dir,
+                       config='basicirstd') == set(
+                           nudt.splits('basicirstd').names)
   with pytest.raises(ValueError, match=r'no split lists in .*70_30.*50_50'):
     datasets.load('nudt_sirst', 'train', source_dir=root, data_dir=data_dir,
                   config='70_30')
@@ -218,6 +234,9 @@ def test_irstd_1k_layouts(tmp_path):
   second = datasets.load('irstd_1k', 'test', source_dir=basic,
                          data_dir=tmp_path / 'b')
   assert [e['id'] for e in second] == names[3:]
+  for data_dir in ('a', 'b'):
+    assert _built_splits('irstd_1k', data_dir=tmp_path / data_dir) == set(
+        catalog.get('irstd_1k').splits().names)
 
 
 def test_sirst_v2_layout(tmp_path):
@@ -388,6 +407,29 @@ def test_irstd_synthetic_deterministic(tmp_path):
   test = datasets.load('irstd_synthetic', 'test', data_dir=tmp_path / 'a',
                        seed=0, **SMALL_SYNTHETIC)
   assert len(test) == 2
+  assert _built_splits('irstd_synthetic', data_dir=tmp_path / 'a', seed=0,
+                       **SMALL_SYNTHETIC) == set(
+                           catalog.get('irstd_synthetic').splits().names)
+
+
+def test_catalog_has_every_builder_and_its_named_configs():
+  assert sorted(catalog.DATASETS) == sorted(datasets.names())
+  for cls in (sirst_v1.SirstV1, nudt_sirst.NudtSirst):
+    entry = catalog.get(cls.name)
+    assert list(entry.configs) == [c.name for c in cls.BUILDER_CONFIGS]
+    assert entry.splits() == entry.splits(cls.BUILDER_CONFIGS[0].name)
+  for entry in catalog.DATASETS.values():
+    for splits in [entry.splits(), *entry.configs.values()]:
+      assert splits.names is None or {splits.train, splits.test} <= set(
+          splits.names)
+  assert catalog.get('NUAA-SIRST') is catalog.get('sirst_v1')
+  assert catalog.canonical('IRSTD1k') == 'irstd_1k'
+  assert catalog.find('sirst_v3') is None
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    catalog.get('sirst_v3')
+  # A config made from options: default names, splits known once built.
+  assert catalog.get('nudt_sirst').splits('split_my_lists') == catalog.Splits(
+      'train', 'test', None)
 
 
 def test_data_dir_default_from_environment(monkeypatch, tmp_path):
@@ -406,15 +448,20 @@ def tf_modules():
                 if m == 'tensorflow' or m.startswith('tensorflow.'))
 import irstd_jax
 after_import = tf_modules()
-from irstd_jax import datasets, input_pipeline
+from irstd_jax import datasets, input_pipeline, recipes
 cases = json.loads(sys.argv[1])
 for name, split, kwargs in cases:
   source = datasets.load(name, split, **kwargs)
   source[0]
   list(source)
-  next(input_pipeline.eval_batches(source, recipe='basicirstd', batch_size=2))
+  spec = recipes.resolve('basicirstd', name, train_source=source)
+  next(input_pipeline.eval_batches(source, batch_size=2, resolution='native',
+                                   num_channels=1, mean_std=spec.mean_std))
+  spec = recipes.resolve('gglnet', name, image_size=32)
   next(input_pipeline.train_iterator(source, recipe='gglnet', batch_size=2,
-                                     seed=0, image_size=32, process_index=0,
+                                     seed=0, size=spec.train_size,
+                                     num_channels=spec.num_channels,
+                                     mean_std=spec.mean_std, process_index=0,
                                      process_count=1))
 print(json.dumps({'after_import': after_import, 'after_all': tf_modules()}))
 '''
@@ -457,6 +504,23 @@ def test_no_tensorflow_imported(tmp_path, sirst):
   assert modules == {'after_import': [], 'after_all': []}
 
 
+def test_training_imports_no_tfds():
+  """The input side and the trainer import without tensorflow_datasets (the
+  builders load on first use of a TFDS-backed name of `irstd_jax.datasets`)."""
+  script = (
+      'import sys\n'
+      'import irstd_jax.datasets, irstd_jax.datasets.catalog\n'
+      'import irstd_jax.input_pipeline, irstd_jax.recipes, irstd_jax.train\n'
+      "assert 'tensorflow_datasets' not in sys.modules\n"
+      'from irstd_jax import datasets\n'
+      "assert 'irstd_synthetic' in datasets.names()\n"
+      "assert 'tensorflow_datasets' in sys.modules\n")
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 # -- SIRST-v1 download path (a local HTTP server stands in for GitHub) ----------
 
 
@@ -480,7 +544,6 @@ def http_root(tmp_path):
 
 def test_sirst_v1_download_and_unpack(tmp_path, http_root, monkeypatch):
   import zipfile  # pylint: disable=g-import-not-at-top
-  from irstd_jax.datasets import sirst_v1  # pylint: disable=g-import-not-at-top
   served, url = http_root
   rng = np.random.default_rng(6)
   names = [f'Misc_{i}' for i in range(1, 7)]
@@ -524,7 +587,6 @@ def test_sirst_v1_download_and_unpack(tmp_path, http_root, monkeypatch):
 def test_sirst_v1_offline_without_copy_fails_fast(tmp_path, monkeypatch):
   import socket  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  from irstd_jax.datasets import sirst_v1  # pylint: disable=g-import-not-at-top
   with socket.socket() as probe:  # A port nobody listens on.
     probe.bind(('127.0.0.1', 0))
     port = probe.getsockname()[1]

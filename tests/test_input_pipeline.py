@@ -1,17 +1,19 @@
-"""Input pipeline: determinism, exact resume, process slices, sharding, recipes."""
+"""Input pipeline: determinism, exact resume, process slices, sharding, buckets.
+
+What each recipe does to one example is tested in test_recipes.py.
+"""
 
 import json
 
 import jax
 import numpy as np
-import PIL.Image
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from scipy import ndimage
 
 from irstd_jax import datasets
 from irstd_jax import input_pipeline as ip
+from irstd_jax import recipes
 
 RECIPE_SIZES = {'basicirstd': dict(crop_size=64),
                 'ganet': dict(image_size=64), 'gglnet': dict(image_size=64)}
@@ -25,12 +27,19 @@ def source(tmp_path_factory):
                        num_test=1, min_size=48, max_size=96, seed=7)
 
 
+def _spec(source, recipe, **kwargs):
+  return recipes.resolve(recipe, getattr(source, 'name', None),
+                         train_source=source, **kwargs)
+
+
 def _iterator(source, recipe, seed=0, **kwargs):
   kwargs.setdefault('process_index', 0)
   kwargs.setdefault('process_count', 1)
   kwargs.setdefault('batch_size', 4)
+  spec = _spec(source, recipe, **RECIPE_SIZES[recipe])
   return ip.train_iterator(source, recipe=recipe, seed=seed,
-                           **RECIPE_SIZES[recipe], **kwargs)
+                           size=spec.train_size, num_channels=spec.num_channels,
+                           mean_std=spec.mean_std, **kwargs)
 
 
 def _take(iterator, count):
@@ -44,7 +53,7 @@ def _assert_same(batches_a, batches_b):
       np.testing.assert_array_equal(a[key], b[key])
 
 
-@pytest.mark.parametrize('recipe', ip.RECIPES)
+@pytest.mark.parametrize('recipe', recipes.RECIPES)
 def test_same_seed_same_batches_and_exact_resume(source, recipe):
   first = _iterator(source, recipe, prefetch=0)
   batches = _take(first, 5)  # 20 examples: crosses an epoch boundary (12).
@@ -74,13 +83,59 @@ def test_epochs_cover_every_example_once(source):
              'mask': np.zeros((8, 8, 1), np.uint8), 'id': str(i)}
             for i in range(10)]
   iterator = ip.train_iterator(tagged, recipe='ganet', batch_size=5, seed=3,
-                               image_size=8, process_index=0, process_count=1)
+                               size=8, num_channels=1, mean_std=recipes.UNIT,
+                               process_index=0, process_count=1)
   seen = [int(round(b['image'][j, 0, 0, 0] * 255))
           for b in _take(iterator, 4) for j in range(5)]
   assert sorted(seen[:10]) == list(range(10))
   assert sorted(seen[10:]) == list(range(10))
   assert seen[:10] != seen[10:]  # Reshuffled each epoch.
   del source
+
+
+@pytest.mark.parametrize('recipe', recipes.RECIPES)
+def test_batches_follow_the_documented_stream(source, recipe):
+  """Batch k, slot j: example perm_e[i mod n] of stream position i = kB + j,
+  through the recipe with rng SeedSequence(seed, spawn_key=(1, i)), where
+  perm_e is permutation(n) under SeedSequence(seed, spawn_key=(0, e))."""
+  seed, batch_size, n = 11, 5, len(source)
+  spec = _spec(source, recipe, **RECIPE_SIZES[recipe])
+  examples = [(e['image'][..., 0], e['mask'][..., 0] > 0) for e in source]
+  batches = _take(_iterator(source, recipe, seed=seed, batch_size=batch_size),
+                  4)  # 20 positions: past the first epoch (12).
+  for step, batch in enumerate(batches):
+    for slot in range(batch_size):
+      position = step * batch_size + slot
+      epoch, within = divmod(position, n)
+      order = np.random.default_rng(np.random.SeedSequence(
+          seed, spawn_key=(0, epoch))).permutation(n)
+      image, mask = examples[order[within]]
+      rng = np.random.default_rng(np.random.SeedSequence(
+          seed, spawn_key=(1, position)))
+      if recipe == 'basicirstd':
+        want = recipes.basicirstd(image, mask, rng, crop=spec.train_size,
+                                  mean=spec.mean, std=spec.std)
+      else:
+        resized = recipes.resize(image, mask, spec.train_size)
+        want = getattr(recipes, recipe)(*resized, rng, mean=spec.mean,
+                                        std=spec.std)
+      for channel in range(spec.num_channels):
+        np.testing.assert_array_equal(batch['image'][slot, ..., channel],
+                                      want[0])
+      np.testing.assert_array_equal(batch['mask'][slot, ..., 0], want[1])
+
+
+def test_entry_points_take_concrete_values(source):
+  with pytest.raises(ValueError, match='recipes.resolve'):
+    ip.train_iterator(source, recipe='ganet', batch_size=4, seed=0, size=None,
+                      num_channels=1, mean_std=recipes.UNIT, process_index=0,
+                      process_count=1)
+  with pytest.raises(ValueError, match='recipes.resolve'):
+    next(ip.eval_batches(source, batch_size=4, resolution='native',
+                         num_channels=1, mean_std=None))
+  with pytest.raises(ValueError, match='use "native" or a positive int'):
+    next(ip.eval_batches(source, batch_size=4, resolution='train',
+                         num_channels=1, mean_std=recipes.UNIT))
 
 
 def test_process_slices_make_the_global_batch(source):
@@ -112,7 +167,9 @@ def test_global_batch_sharded_on_data_axis(source):
       assert shard.data.shape[0] == 2
       np.testing.assert_array_equal(np.asarray(shard.data),
                                     batch[key][2 * number:2 * number + 2])
-  evaluation = next(ip.eval_batches(source, recipe='basicirstd', batch_size=4))
+  evaluation = next(ip.eval_batches(source, batch_size=4, resolution='native',
+                                    num_channels=1,
+                                    mean_std=_spec(source, 'basicirstd').mean_std))
   sharded = ip.shard_batch(evaluation, sharding)
   assert sharded['valid'].sharding.spec == P('data')
   assert sharded['id'] == evaluation['id']
@@ -124,100 +181,10 @@ def test_set_state_refuses_other_settings(source):
     _iterator(source, 'basicirstd', batch_size=8).set_state(state)
 
 
-def _one_target_source(size=512, count=2):
-  examples = []
-  for i in range(count):
-    image = np.full((size, size, 1), 120, np.uint8)
-    mask = np.zeros((size, size, 1), np.uint8)
-    y, x = 37 + 101 * i, 411 - 53 * i
-    image[y, x], mask[y, x] = 250, 1
-    examples.append({'image': image, 'mask': mask, 'id': f'im{i}'})
-  return examples
-
-
-def test_basicirstd_positive_crops_alignment_and_normalisation():
-  iterator = ip.train_iterator(
-      _one_target_source(), recipe='basicirstd', batch_size=16, seed=0,
-      crop_size=64, mean_std=(100.0, 20.0), process_index=0, process_count=1)
-  with_target = 0
-  total = 0
-  for batch in _take(iterator, 25):
-    image, mask = batch['image'][..., 0], batch['mask'][..., 0]
-    assert set(np.unique(image)) <= {1.0, 7.5}  # (120-100)/20, (250-100)/20
-    np.testing.assert_array_equal(image == 7.5, mask == 1)
-    with_target += int(mask.any(axis=(1, 2)).sum())
-    total += len(mask)
-  # Half the crops are chosen to hold the target; a random 64 crop of 512
-  # holds it 1.6% of the time: expect ~0.51 of 400.
-  assert 0.42 < with_target / total < 0.60, with_target / total
-
-
-def test_basicirstd_pads_small_images_with_zeros():
-  small = [{'image': np.full((20, 30, 1), 200, np.uint8),
-            'mask': np.zeros((20, 30, 1), np.uint8), 'id': 'a'}]
-  batch = next(ip.train_iterator(small, recipe='basicirstd', batch_size=2,
-                                 seed=0, crop_size=32, mean_std=(100.0, 50.0),
-                                 process_index=0, process_count=1))
-  for image in batch['image'][..., 0]:
-    assert (image == 2.0).sum() == 20 * 30  # The image, flipped or not.
-    assert (image == 0.0).sum() == 32 * 32 - 20 * 30  # Zero padding.
-
-
-def test_ganet_resize_matches_bilinear_reference(source):
-  # Upsampling only (scenes are 48 to 96 px), where Pillow's bilinear filter
-  # is plain half-pixel linear interpolation, like cv2's INTER_LINEAR.
-  batch = next(ip.train_iterator(source, recipe='ganet', batch_size=12,
-                                 seed=0, image_size=128, process_index=0,
-                                 process_count=1))
-  references = []
-  for example in source:
-    grey = PIL.Image.fromarray(example['image'][..., 0].astype(np.float32), 'F')
-    resized = grey.resize((128, 128), PIL.Image.Resampling.BILINEAR)
-    references.append(np.round(np.asarray(resized)) / 255.0)
-  for image in batch['image'][..., 0]:
-    # Each image of the (shuffled) batch matches a source within a grey level.
-    assert min(np.abs(image - ref).max() for ref in references) <= (
-        1.0 / 255 + 1e-6)
-
-
-def test_gglnet_warps_match_scipy_and_keep_alignment():
-  rng = np.random.default_rng(0)
-  image = rng.uniform(0, 255, (40, 56)).astype(np.float32)
-  mask = rng.random((40, 56)) > 0.9
-  angle = np.deg2rad(33)
-  for linear, offset in [
-      (np.array([[np.cos(angle), -np.sin(angle)],
-                 [np.sin(angle), np.cos(angle)]]), None),
-      (np.eye(2) / 0.83, None), (np.eye(2), np.array([-4.3, 5.6]))]:
-    if offset is None:
-      linear, offset = ip._about_center(image.shape, linear)  # pylint: disable=protected-access
-    warped, warped_mask = ip._warp(image, mask, linear, offset)  # pylint: disable=protected-access
-    np.testing.assert_allclose(
-        warped, ndimage.affine_transform(image, linear, offset, order=1,
-                                         mode='mirror'), atol=1e-3)
-    np.testing.assert_array_equal(
-        warped_mask, ndimage.affine_transform(mask.astype(np.uint8), linear,
-                                              offset, order=0,
-                                              mode='mirror') > 0)
-  # End to end: a bright square under its mask stays under it.
-  square = np.full((96, 96, 1), 40, np.uint8)
-  square_mask = np.zeros((96, 96, 1), np.uint8)
-  square[30:50, 20:44], square_mask[30:50, 20:44] = 220, 1
-  examples = [{'image': square, 'mask': square_mask, 'id': 's'}]
-  iterator = ip.train_iterator(examples, recipe='gglnet', batch_size=8,
-                               seed=1, image_size=96, process_index=0,
-                               process_count=1)
-  for batch in _take(iterator, 6):
-    image, mask = batch['image'], batch['mask'][..., 0] > 0
-    np.testing.assert_array_equal(image[..., 0], image[..., 2])
-    assert image.min() >= 0 and image.max() <= 1
-    for one, where in zip(image[..., 0], mask):
-      assert one[where].mean() - one[~where].mean() > 0.4
-
-
 def test_eval_native_buckets_cover_each_image_once(source):
-  batches = list(ip.eval_batches(source, recipe='basicirstd', batch_size=5,
-                                 mean_std=(10.0, 2.0), max_shapes=2))
+  batches = list(ip.eval_batches(source, batch_size=5, resolution='native',
+                                 num_channels=1, mean_std=(10.0, 2.0),
+                                 max_shapes=2))
   shapes = {b['image'].shape for b in batches}
   assert len(shapes) <= 2
   assert all(s[0] == 5 and s[1] % 32 == 0 and s[2] % 32 == 0 and s[3] == 1
@@ -243,21 +210,29 @@ def test_eval_native_buckets_cover_each_image_once(source):
 
 
 def test_eval_resized_mode(source):
-  batches = list(ip.eval_batches(source, recipe='gglnet', batch_size=8,
-                                 resolution=64))
+  spec = _spec(source, 'gglnet', resolution=64)
+  batches = list(ip.eval_batches(source, batch_size=8,
+                                 resolution=spec.eval_resolution,
+                                 num_channels=spec.num_channels,
+                                 mean_std=spec.mean_std))
   assert [b['image'].shape for b in batches] == [(8, 64, 64, 3)] * 2
   assert sum(bool(i) for b in batches for i in b['id']) == len(source)
   assert batches[0]['valid'].all()
   assert batches[0]['image'].max() <= 1.0
+  truth = {e['id']: e for e in source}
+  for batch in batches:
+    for slot, example_id in enumerate(batch['id']):
+      if example_id:
+        example = truth[example_id]
+        image, mask = recipes.resize(example['image'][..., 0],
+                                     example['mask'][..., 0] > 0, 64)
+        for channel in range(3):
+          np.testing.assert_array_equal(batch['image'][slot, ..., channel],
+                                        recipes.normalize(image, 0.0, 255.0))
+        np.testing.assert_array_equal(batch['mask'][slot], mask)
 
 
-def test_normalization_steps_and_buckets():
-  assert ip.normalization('unit') == (0.0, 255.0)
-  assert ip.normalization('NUAA-SIRST') == ip.normalization('sirst_v1')
-  np.testing.assert_allclose(ip.normalization('irstd_1k'), (87.466, 39.720),
-                             atol=1e-3)
-  with pytest.raises(ValueError, match='known'):
-    ip.normalization('irstd_synthetic')
+def test_steps_and_buckets():
   assert ip.steps_per_epoch(341, 16) == 22
   assert ip.steps_per_epoch(3, 16) == 1
   shapes = [(224, 320), (224, 352), (256, 320), (416, 608), (96, 160)] * 3

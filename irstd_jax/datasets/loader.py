@@ -9,6 +9,12 @@ from typing import Any, Iterator, Sequence
 import tensorflow_datasets as tfds
 
 from irstd_jax.datasets import base
+from irstd_jax.datasets import irstd_1k
+from irstd_jax.datasets import irstd_folder
+from irstd_jax.datasets import irstd_synthetic
+from irstd_jax.datasets import nudt_sirst
+from irstd_jax.datasets import sirst_v1
+from irstd_jax.datasets import sirst_v2
 
 DATA_DIR_ENV = 'IRSTD_DATA_DIR'
 
@@ -21,10 +27,6 @@ def default_data_dir() -> str:
 
 
 def _registry() -> dict[str, type[base.IrstdBuilder]]:
-  # Imported here so that the builder modules register themselves with TFDS
-  # once the package is imported (see __init__).
-  from irstd_jax.datasets import irstd_1k, irstd_folder, irstd_synthetic  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from irstd_jax.datasets import nudt_sirst, sirst_v1, sirst_v2  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   return {cls.name: cls for cls in (
       sirst_v1.SirstV1, nudt_sirst.NudtSirst, irstd_1k.Irstd1k,
       sirst_v2.SirstV2, irstd_folder.IrstdFolder,

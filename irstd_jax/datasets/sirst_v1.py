@@ -28,6 +28,7 @@ import zipfile
 import tensorflow_datasets as tfds
 
 from irstd_jax.datasets import base
+from irstd_jax.datasets import catalog
 
 _SIRST_COMMIT = '9ad1a3f900b845853eba25369d9c5e6f661e0479'
 _BASICIRSTD_COMMIT = '95650c3970da070473ae7cbd98d1d610aa69fd5b'
@@ -36,18 +37,18 @@ _BASICIRSTD_RAW = (
     f'https://raw.githubusercontent.com/XinyiYing/BasicIRSTD/'
     f'{_BASICIRSTD_COMMIT}/datasets/NUAA-SIRST/img_idx')
 
+# Config -> its splits: idx_427 (train, val, test, trainval), basicirstd
+# (train, test).
+_SPLITS = {config: splits.names
+           for config, splits in catalog.get('sirst_v1').configs.items()}
+
 URLS = {
     'images': f'{_SIRST_RAW}/images.zip',
     'masks': f'{_SIRST_RAW}/masks.zip',
     **{f'idx_427/{s}': f'{_SIRST_RAW}/idx_427/{s}.txt'
-       for s in ('train', 'val', 'test', 'trainval')},
+       for s in _SPLITS['idx_427']},
     **{f'basicirstd/{s}': f'{_BASICIRSTD_RAW}/{s}_NUAA-SIRST.txt'
-       for s in ('train', 'test')},
-}
-
-_SPLITS = {
-    'idx_427': ('train', 'val', 'test', 'trainval'),
-    'basicirstd': ('train', 'test'),
+       for s in _SPLITS['basicirstd']},
 }
 
 

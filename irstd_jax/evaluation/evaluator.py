@@ -119,10 +119,9 @@ class Evaluator:
     """The split's evaluation batches, in full on every host."""
     ev, inp = self.config.eval, self.config.input
     return input_pipeline.eval_batches(
-        self.source, recipe=inp.recipe, batch_size=ev.batch_size,
-        resolution=ev.resolution, pad_multiple=ev.pad_multiple,
-        max_shapes=ev.max_shapes, num_channels=inp.num_channels,
-        mean_std=(inp.mean, inp.std))
+        self.source, batch_size=ev.batch_size, resolution=ev.resolution,
+        pad_multiple=ev.pad_multiple, max_shapes=ev.max_shapes,
+        num_channels=inp.num_channels, mean_std=(inp.mean, inp.std))
 
   def _on_devices(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
     arrays = sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
