@@ -27,10 +27,10 @@ from irstd_jax import config_lib
 
 def get_config(arg=None):
   """The config; `arg` is the text after ':' in --config."""
-  arg = config_lib.parse_arg(arg, quick=False, dataset='sirst_v1', epochs=0,
+  arg = config_lib.parse_arg(arg, quick=False, dataset='', epochs=0,
                              protocol='code')
   c = config_lib.base_config()
-  c.dataset.name = arg.dataset
+  c.dataset.name = arg.dataset or 'sirst_v1'
   c.input.recipe = 'ganet'
   c.input.image_size = None  # The recipe's: 256, or 512 for irstd_1k (native).
   c.input.num_channels = 1

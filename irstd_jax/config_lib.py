@@ -76,7 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Data. `source_dir` holds the raw download (None: the dataset's default);
   # `data_dir` the built TFDS records (None: ~/tensorflow_datasets or $TFDS_DATA_DIR).
   c.dataset = ml_collections.ConfigDict(dict(
-      name='sirst_v1', train_split='trainval',
+      # Splits: None takes the dataset's own (datasets.catalog: e.g. trainval /
+      # test for SIRST-v1, train / test for NUDT-SIRST).
+      name='sirst_v1', train_split=ml_collections.FieldReference(None, field_type=str),
       source_dir=ml_collections.FieldReference(None, field_type=str),
       data_dir=ml_collections.FieldReference(None, field_type=str),
       options={}))
@@ -112,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_epochs=400, decay_epochs=(200, 300), decay_factor=0.1))
 
   c.eval = ml_collections.ConfigDict(dict(
-      split='test',
+      split=ml_collections.FieldReference(None, field_type=str),  # None: the dataset's test split.
       every_epochs=1,          # Evaluate on `split` after every N epochs.
       # 'native' (zero-padded to pad_multiple, scored on the real pixels), an
       # int side (resized), or 'train' (resized to the training size).
@@ -155,24 +157,26 @@ def make_quick(c: ml_collections.ConfigDict) -> None:
   paper's 5e-4).
   """
   c.dataset.name = 'irstd_synthetic'
-  c.dataset.train_split = 'train'
   # One image size: native evaluation then compiles once.
   c.dataset.options = dict(num_train=64, num_test=16, min_size=64, max_size=64)
   c.input.crop_size = 64
   c.input.image_size = 64
   c.optimizer.learning_rate *= 10
   set_epochs(c, 12)
-  c.eval.split = 'test'
   c.eval.every_epochs = 3
   c.eval.num_overlays = -1
   c.log_every_steps = 4
 
 
 def use_basicirstd_protocol(c: ml_collections.ConfigDict) -> None:
-  """BasicIRSTD's protocol: its 50/50 split, random 256 crops, native test."""
-  c.dataset.options = dict(config='basicirstd')
-  c.dataset.train_split = 'train'
-  c.eval.split = 'test'
+  """BasicIRSTD's protocol: its split, random 256 crops, native test.
+
+  Its split is the dataset's 'basicirstd' builder config where it has one
+  (SIRST-v1's and NUDT-SIRST's 50/50), else the dataset's own (IRSTD-1k).
+  """
+  known = catalog.find(c.dataset.name)
+  if known is not None and 'basicirstd' in known.configs:
+    c.dataset.options = dict(config='basicirstd')
   c.input.recipe = 'basicirstd'
   c.input.crop_size = 256
   c.input.image_size = None
@@ -191,6 +195,11 @@ def apply_variants(c: ml_collections.ConfigDict,
   elif arg.protocol != 'code':
     raise ValueError(f"protocol must be 'code' or 'basicirstd', got {arg.protocol!r}.")
   if arg.quick:
+    if arg.get('dataset'):
+      raise ValueError(
+          f'quick trains on the offline synthetic data, so dataset={arg.dataset} '
+          'cannot apply: drop one of the two (e.g. dataset=NAME,epochs=3 for a '
+          'short run on NAME).')
     make_quick(c)
   if arg.epochs:
     set_epochs(c, arg.epochs)
@@ -214,6 +223,20 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def splits(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """(training split, evaluation split): the config's, else the dataset's own.
+
+  The dataset's defaults come from `datasets.catalog` for the builder config
+  named in `dataset.options.config` (e.g. SIRST-v1's 'basicirstd': train /
+  test); unknown datasets default to train / test.
+  """
+  known = catalog.find(config.dataset.name)
+  defaults = (known.splits(config.dataset.get('options', {}).get('config'))
+              if known is not None else catalog.Splits('train', 'test'))
+  return (config.dataset.train_split or defaults.train,
+          config.eval.split or defaults.test)
+
+
 # The value of a model option that `resolve` replaces by the training size.
 TRAIN_SIZE = 'train_size'
 
@@ -232,6 +255,7 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
 
   Called once, before anything is built; everything downstream reads the
   values it fills in, and `config.json` in the workdir records them:
+  - `dataset.train_split`, `eval.split`: the dataset's own when None;
   - `input.image_size`: the resize side of the ganet / gglnet recipes (the
     recipe's default for the dataset when None; basicirstd crops and keeps None);
   - `input.normalization`, `input.mean`, `input.std`: the normalisation used;
@@ -255,6 +279,7 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
       num_channels=inp.num_channels, normalization=given or inp.normalization,
       resolution=c.eval.resolution, train_source=dataset)
   with c.unlocked():
+    c.dataset.train_split, c.eval.split = splits(c)
     if recipes.resizes(inp.recipe):
       inp.image_size = spec.train_size
     if given is None:

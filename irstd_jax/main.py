@@ -10,7 +10,6 @@ with one line saying what and how to fix it; `--verbosity=1` or
 IRSTD_TRACEBACK=1 shows the traceback instead.
 """
 
-import ast
 import os
 import sys
 
@@ -20,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from irstd_jax import cli
 from irstd_jax import sharding
 from irstd_jax import train
 
@@ -32,43 +32,6 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and resume), or '
                   'evaluate a checkpoint.')
 flags.DEFINE_string('checkpoint', 'best', "Eval mode: 'best', 'latest' or a step.")
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# What a user's mistake raises: bad values (ValueError, also the datasets' and
-# the workdir's errors), files (OSError), a diverging run (FloatingPointError),
-# unknown config fields (KeyError / AttributeError from ml_collections).
-USER_ERRORS = (ValueError, OSError, FloatingPointError, KeyError, AttributeError)
-TRACEBACK_ENV = 'IRSTD_TRACEBACK'
-
-
-def one_line(error: BaseException) -> str:
-  """The error's message on one line, without the quoting of KeyError reprs."""
-  text = str(error.args[0]) if len(error.args) == 1 else str(error)
-  for _ in range(2):  # KeyError inside AttributeError quotes twice.
-    if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':
-      try:
-        text = str(ast.literal_eval(text))
-      except (ValueError, SyntaxError):
-        break
-  if isinstance(error, OSError) and error.filename:
-    text = f'{error.strerror or text}: {error.filename}'
-    if isinstance(error, PermissionError):
-      text += ' (choose a writable --workdir or --config.dataset.data_dir)'
-  return ' '.join(text.split())
-
-
-def _wants_traceback(argv) -> bool:
-  verbose = any(a.startswith('--verbosity=') and a.split('=', 1)[1] not in ('0', '-1')
-                or a.startswith('-v=') for a in argv)
-  return verbose or os.environ.get(TRACEBACK_ENV, '') not in ('', '0')
-
-
-def fail(error: BaseException, argv) -> None:
-  """Re-raises `error` for a traceback, or exits with its one-line message."""
-  if _wants_traceback(argv) or not isinstance(error, USER_ERRORS):
-    raise error
-  sys.exit(f'Error: {one_line(error)}\n(For the traceback: --verbosity=1 or '
-           f'{TRACEBACK_ENV}=1.)')
-
 
 def parse_flags(argv):
   """absl's flag parsing; a config that does not load fails in one line."""
@@ -83,16 +46,16 @@ def parse_flags(argv):
   except flags.Error as error:
     # A config file that raised: its message holds the traceback; keep the last line.
     lines = [line for line in str(error).splitlines() if line.strip()]
-    message = lines[-1].strip() if 'Traceback' in str(error) else one_line(error)
-    if _wants_traceback(argv):
+    message = lines[-1].strip() if 'Traceback' in str(error) else cli.one_line(error)
+    if cli.wants_traceback(argv):
       raise
-    sys.exit(f'Error: {message}\nPass --helpshort to see the flags.')
+    sys.exit(f'Error: {message} (--helpshort lists the flags)')
   except (KeyError, AttributeError) as error:  # ml_collections: an unknown field.
-    if _wants_traceback(argv):
+    if cli.wants_traceback(argv):
       raise
-    sys.exit(f'Error: a --config.* override names an unknown config field: {one_line(error)}')
+    sys.exit(f'Error: a --config.* override names an unknown config field: {cli.one_line(error)}')
   except Exception as error:  # pylint: disable=broad-except
-    fail(error, argv)
+    cli.fail(error, argv)
 
 
 def main(argv):
@@ -111,7 +74,7 @@ def main(argv):
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint)
   except Exception as error:  # pylint: disable=broad-except
-    fail(error, sys.argv)
+    cli.fail(error, sys.argv)
 
 
 if __name__ == '__main__':

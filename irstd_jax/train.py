@@ -157,6 +157,10 @@ def load_sources(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> 
     return [datasets.load(ds.name, split, source_dir=ds.source_dir,
                           data_dir=ds.data_dir, **_plain(ds.get('options', {})))
             for split in splits]
+  except datasets.MissingSplitError as error:
+    raise DatasetError(
+        f'{error} Choose them with --config.dataset.train_split=NAME and '
+        '--config.eval.split=NAME.') from error
   except ValueError as error:  # The datasets' messages say what is missing and the fix.
     raise DatasetError(
         f'{error}\nWith irstd_jax.main: --config.dataset.source_dir=PATH for the raw '
@@ -256,8 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.input.batch_size % mesh.size:
     raise ValueError(f'input.batch_size={config.input.batch_size} must be a '
                      f'multiple of the {mesh.size} devices (each takes an equal share).')
-  train_source, eval_source = load_sources(config, (config.dataset.train_split,
-                                                    config.eval.split))
+  train_source, eval_source = load_sources(config, config_lib.splits(config))
   config = config_lib.resolve(config, train_source)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.input.batch_size)
   num_epochs = int(config.schedule.num_epochs)
@@ -463,7 +466,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
         f'No checkpoints in {workdir} (no {directory}): train first, or point '
         '--workdir at a training run.')
   mesh = sharding.create_mesh(devices)
-  split = split or config.eval.split
+  split = split or config_lib.splits(config)[1]
   (source,) = load_sources(config, (split,))
   config = config_lib.resolve(config, source)
   model = create_model(config)

@@ -267,6 +267,40 @@ def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, da
   assert report['best']['step'] in (2, 4, 6)
 
 
+def test_kill_mid_epoch_loses_at_most_the_checkpoint_interval(trained, config_file, data_dir,
+                                                               tmp_path, monkeypatch):
+  """Time-based checkpoints inside epochs; a kill during a save; every step logged once."""
+  config, workdir, _ = trained
+  killed_dir = str(tmp_path / 'killed')
+  real_save = checkpointing.Checkpoints.save
+
+  def save_then_die_at_4(self, step, *args, **kwargs):
+    if step == 4:  # The end of epoch 2: its train and test records are written.
+      raise Interrupt()
+    return real_save(self, step, *args, **kwargs)
+
+  every_step = tiny_config(config_file, data_dir)
+  every_step.checkpoint.every_minutes = 1e-9  # Due after every step.
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.Checkpoints, 'save', save_then_die_at_4)
+    with pytest.raises(Interrupt):
+      train.train_and_evaluate(every_step, killed_dir)
+  checkpoints = checkpointing.Checkpoints(os.path.join(killed_dir, 'checkpoints'))
+  assert checkpoints.latest_step() == 3  # Mid-epoch 2: only step 4 is lost.
+  checkpoints.close()
+  report = train.train_and_evaluate(tiny_config(config_file, data_dir), killed_dir)
+  assert report['steps'] == 6
+  expected, _ = final_state(config, workdir)
+  got, _ = final_state(config, killed_dir)
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  records = read_jsonl(killed_dir)
+  assert [r['step'] for r in records if 'train/loss' in r] == [2, 4, 6]
+  assert [r['step'] for r in records if 'test/miou' in r] == [2, 4, 6]
+  assert sum('hparams' in r for r in records) == 1
+  uninterrupted = [r['train/loss'] for r in read_jsonl(workdir) if 'train/loss' in r]
+  assert [r['train/loss'] for r in records if 'train/loss' in r] == uninterrupted
+
+
 def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
   """Same losses, parameters and batch-norm statistics on 1 and 4 devices.
 
@@ -324,6 +358,14 @@ def test_refuses_to_resume_into_another_model(trained, config_file, data_dir):
     train.train_and_evaluate(other, workdir)
   with pytest.raises(train.IncompatibleWorkdirError, match='another model'):
     train.evaluate_checkpoint(other, workdir)
+
+
+def test_eval_mode_on_a_workdir_without_checkpoints_creates_nothing(config_file, data_dir,
+                                                                   tmp_path):
+  empty = tmp_path / 'none'
+  with pytest.raises(FileNotFoundError, match='No checkpoints in .*train first'):
+    train.evaluate_checkpoint(tiny_config(config_file, data_dir), str(empty))
+  assert not empty.exists()
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):

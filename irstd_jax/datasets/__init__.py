@@ -19,6 +19,7 @@ _LAZY = {
     'DatasetWarning': 'base',
     'IrstdBuilder': 'base',
     'DATA_DIR_ENV': 'loader',
+    'MissingSplitError': 'loader',
     'Source': 'loader',
     'builder': 'loader',
     'default_data_dir': 'loader',
@@ -27,7 +28,7 @@ _LAZY = {
     'prepare': 'loader',
 }
 
-__all__ = ['DatasetWarning', 'IrstdBuilder', 'Source', 'DATA_DIR_ENV',
+__all__ = ['DatasetWarning', 'IrstdBuilder', 'MissingSplitError', 'Source', 'DATA_DIR_ENV',
            'builder', 'default_data_dir', 'load', 'names',
            'prepare']
 

@@ -17,6 +17,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from irstd_jax import cli
 from irstd_jax import datasets
 
 
@@ -48,14 +49,17 @@ def main(argv=None) -> int:
     options[key] = _value(value)
   if args.config:
     options['config'] = args.config
-  builder = datasets.builder(args.name, source_dir=args.source_dir,
-                             data_dir=args.data_dir, **options)
-  if builder.is_prepared():
-    print(f'{builder.data_dir} already built.')
-  else:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=args.source_dir,
-        register_checksums=args.register_checksums))
+  try:
+    builder = datasets.builder(args.name, source_dir=args.source_dir,
+                               data_dir=args.data_dir, **options)
+    if builder.is_prepared():
+      print(f'{builder.data_dir} already built.')
+    else:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=args.source_dir,
+          register_checksums=args.register_checksums))
+  except Exception as error:  # pylint: disable=broad-except
+    cli.fail(error, sys.argv if argv is None else argv)
   for split, info in builder.info.splits.items():
     print(f'{args.name}/{builder.builder_config.name} {split}: '
           f'{info.num_examples} examples')

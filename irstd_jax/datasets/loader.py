@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import pathlib
+import sys
+import time
 from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
@@ -17,6 +22,43 @@ from irstd_jax.datasets import sirst_v1
 from irstd_jax.datasets import sirst_v2
 
 DATA_DIR_ENV = 'IRSTD_DATA_DIR'
+
+# TFDS's messages that say nothing about local data (it is built from local
+# folders, has no download size, has custom configs by design, and reads PNGs
+# with PIL, which is fast enough at these sizes).
+_TFDS_NOISE = ('Using custom data configuration', 'has no dataset_info.json',
+               'OpenCV is not installed', 'Downloading and preparing dataset',
+               'Dataset {} downloaded and prepared', 'Generating splits')
+
+
+class _DropTfdsNoise(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(noise in message for noise in _TFDS_NOISE)
+
+
+for _name in ('absl', 'tensorflow_datasets'):
+  logging.getLogger(_name).addFilter(_DropTfdsNoise())
+
+
+@contextlib.contextmanager
+def _building(dataset: base.IrstdBuilder):
+  """Two lines instead of TFDS's prints and progress bars while a dataset builds."""
+  name = f'{dataset.name}/{dataset.builder_config.name if dataset.builder_config else ""}'
+  print(f'Building {name} into {dataset.data_dir} (once)...', file=sys.stderr, flush=True)
+  start = time.monotonic()
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
+  print(f'Built {name} in {time.monotonic() - start:.0f} s.', file=sys.stderr, flush=True)
+
+
+class MissingSplitError(ValueError):
+  """The dataset was built but has no split of that name."""
 
 
 def default_data_dir() -> str:
@@ -68,8 +110,9 @@ def prepare(name: str, *, source_dir=None, data_dir=None, **config
   dataset = builder(name, source_dir=source_dir, data_dir=data_dir, **config)
   if not dataset.is_prepared():
     manual = str(pathlib.Path(source_dir).expanduser()) if source_dir else None
-    dataset.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    with _building(dataset):
+      dataset.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual))
   return dataset
 
 
@@ -160,7 +203,7 @@ def load(name: str, split: str, *, source_dir=None, data_dir=None,
                  for part in str(split).split('+')}
   unknown = sorted(s for s in base_splits if s not in available)
   if unknown:
-    raise ValueError(
+    raise MissingSplitError(
         f'{name}/{dataset.builder_config.name if dataset.builder_config else ""}'
         f' has no split {unknown}; its splits: {available}.')
   return Source(dataset.as_data_source(split), name=name,
