@@ -17,6 +17,7 @@ from irstd_jax import convert
 from irstd_jax import losses
 from irstd_jax import models
 from irstd_jax.models import gglnet
+from irstd_jax.models import layers
 
 # Official parameter count of GGLNet() (the paper's model); all are used.
 OFFICIAL_PARAMS = 8_988_093
@@ -209,20 +210,23 @@ def test_gradient_magnitude():
                              expected, rtol=1e-6, atol=1e-7)
 
 
-def test_attention_max_gradient_goes_to_one_element():
+@pytest.mark.parametrize('fast', [True, False], ids=['fast', 'plain'])
+def test_attention_max_gradient_goes_to_one_element(fast):
   """As torch's max pooling / torch.max(dim): the argmax gets the whole gradient.
 
   (jnp.max would split it between ties, and its equality-based gradient went
   NaN under jit in the full network.)
   """
-  x = jnp.asarray([[1.0, 3.0, 3.0, 2.0]])
-  grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
-  np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
-  # Jitted, over a middle axis (the channel attention's spatial max).
-  y = jnp.asarray([[[1.0, 5.0], [4.0, 5.0], [4.0, 2.0]]])  # (1, 3, 2): ties on both columns
-  grad = jax.jit(jax.grad(lambda v: (gglnet._max_keepdims(v, 1) * jnp.asarray([2.0, 3.0])).sum()))(y)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(grad, [[[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]]])
+  with layers.use_fast_kernels(fast):
+    x = jnp.asarray([[1.0, 3.0, 3.0, 2.0]])
+    grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
+    # Jitted, over a middle axis (the channel attention's spatial max).
+    y = jnp.asarray([[[1.0, 5.0], [4.0, 5.0], [4.0, 2.0]]])  # (1, 3, 2): ties on both columns
+    weighted_max = lambda v: (gglnet._max_keepdims(v, 1) * jnp.asarray([2.0, 3.0])).sum()  # pylint: disable=protected-access
+    grad = jax.jit(jax.grad(weighted_max))(y)
+    np.testing.assert_array_equal(grad, [[[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]]])
 
 
 # Three variants covering every ablation option of the paper.
