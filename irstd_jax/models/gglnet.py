@@ -353,7 +353,7 @@ class GGLNet(nnx.Module):
   def __init__(self, in_channels: int = 3, *, main_input: str = 'image',
                supplementary: str = 'gradient', gsm: str = 'res',
                fusion: str = 'tgfm', ca_ratio: int = 8, dtype=None,
-               rngs: nnx.Rngs):
+               fast_kernels: bool | None = None, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -371,9 +371,12 @@ class GGLNet(nnx.Module):
         'bfloat16' is mixed precision for GPUs and TPUs (parameters,
         optimizer state and batch-norm statistics stay float32; the gradient
         image and the logits are float32).
+      fast_kernels: True / False take or avoid the CPU speed kernels
+        (`layers.use_fast_kernels`); None (default) follows that switch.
       rngs: initialisation RNGs.
     """
     self.dtype = layers.compute_dtype(dtype)
+    self.fast_kernels = layers.check_fast_kernels(fast_kernels)
     _check_choice('main_input', main_input, MAIN_INPUTS)
     _check_choice('supplementary', supplementary, SUPPLEMENTARY_INPUTS)
     _check_choice('gsm', gsm, GSM_VARIANTS)
@@ -400,6 +403,10 @@ class GGLNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, TOTAL_STRIDE, 'GGLNet')
+    with layers.fast_kernels_option(self.fast_kernels):
+      return self._forward(x)
+
+  def _forward(self, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       x = x.astype(jnp.float32)
