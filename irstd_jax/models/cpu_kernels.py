@@ -47,9 +47,9 @@ def stencil_conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
   With a single output channel, summing channel by channel (all taps of one
   input channel, then the next) is the faster order.
 
-  Under differentiation, forward and backward are XLA's convolution: in the
-  train step the stencil was slower than XLA's convolution, so it only
-  serves inference.
+  Under differentiation, forward and backward are XLA's convolution, which
+  is the faster of the two in the train step: the stencil serves inference
+  only.
   """
   kh, kw, cin, cout = kernel.shape
   (pt, pb), (pl, pr) = padding
@@ -289,11 +289,11 @@ def resize(x: jax.Array, size: tuple[int, int], align_corners: bool, *,
   in) weights and `plain(x, size, align_corners)` the matrix-product
   formulation; both come from `layers`, which owns torch's semantics.
 
-  In the train step, XLA fuses the cheap gathers into every consumer of the
-  resized map, including the layout transposes of the next convolution's
-  weight gradient, which made the step slower; so under differentiation the
-  forward and backward passes are `plain`'s, whose products stay
-  materialised.
+  In the train step, XLA would fuse the cheap gathers into every consumer of
+  the resized map, including the layout transposes of the next
+  convolution's weight gradient, and the step gets slower; so under
+  differentiation the forward and backward passes are `plain`'s, whose
+  products stay materialised.
   """
   return _resize(x, size, align_corners, interp_matrix, plain)
 

@@ -140,7 +140,7 @@ class GradFormer(nnx.Module):
   nothing of 8C channels is materialised; 'slices' takes the differences as
   shifted slices of the padded input, then a 1x1 projection; 'conv' takes
   them with the official fixed grouped dilated convolution. On the CPU,
-  'folded' was the fastest for training and inference (README Performance).
+  'folded' is the fastest for training and inference (README, Performance).
   """
 
   def __init__(self, channels: int, width: int, height: int,
@@ -178,7 +178,7 @@ class GradFormer(nnx.Module):
 
     Channel `k * C + c` holds input channel c minus neighbour k, the official
     order. With 'conv', the official fixed grouped dilated convolution
-    (whose transpose took most of a GaNet train step on the CPU); otherwise
+    (whose transpose dominates a GaNet train step on the CPU); otherwise
     shifted slices of the padded input, which XLA fuses into one loop.
     """
     _, h, w, c = x.shape

@@ -59,7 +59,9 @@ class use_fast_kernels:  # pylint: disable=invalid-name
   """Sets the fast-kernel switch: True, False or None (auto, the default).
 
   Called plainly it sets the switch for the process; used as a context
-  manager it restores the previous setting on exit.
+  manager it restores the previous setting on exit. Layers read it when
+  traced, and `jax.jit` caches a trace by function, not by this setting: a
+  function jitted and called before the change keeps its kernels.
   """
 
   def __init__(self, enabled: bool | None):
