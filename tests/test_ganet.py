@@ -5,7 +5,8 @@ official eval- and train-mode probabilities, the SoftIoU loss (summed over the
 batch, as GaNet's code), a few gradients and the running statistics after one
 train-mode pass, each with its own tolerance. GradFormer is also checked on
 other shapes against a numpy transcription of the official operations (NCHW,
-explicit shifts, torch's stack-then-view head layout). Models are module-scoped
+explicit shifts, torch's stack-then-view head layout). The fixture comparisons
+run on both kernel paths (`layers.use_fast_kernels`). Models are module-scoped
 so that each shape compiles once.
 """
 
@@ -25,6 +26,7 @@ from irstd_jax import convert
 from irstd_jax import losses
 from irstd_jax import models
 from irstd_jax.models import ganet
+from irstd_jax.models import layers
 
 # Parameters the official forward pass uses (those torch gives a gradient);
 # the official module holds 4,827,404 with its unused ones.
@@ -76,10 +78,25 @@ def eval_model(fixture, state_dict):
   return model
 
 
+@pytest.fixture(scope='module', params=[True, False], ids=['fast', 'plain'])
+def fast_kernels(request):
+  """The kernel path of the fixture comparisons: the CPU kernels, or plain."""
+  return request.param
+
+
 @pytest.fixture(scope='module')
-def trained(fixture, state_dict):
+def path_eval_model(eval_model, fast_kernels):
+  """`eval_model` on the kernel path under test."""
+  model = nnx.clone(eval_model)
+  model.fast_kernels = fast_kernels
+  return model
+
+
+@pytest.fixture(scope='module')
+def trained(fixture, state_dict, fast_kernels):
   """One train-mode pass: loss, probabilities, torch-named gradients and state."""
-  model = convert.from_torch('ganet', state_dict, img_size=int(fixture['img_size']))
+  model = convert.from_torch('ganet', state_dict, img_size=int(fixture['img_size']),
+                             fast_kernels=fast_kernels)
   model.train()
   loss, logits, grads = _train_step(model, _nhwc(fixture['train_input']),
                                     _nhwc(fixture['train_target']))
@@ -89,8 +106,8 @@ def trained(fixture, state_dict):
           'grads': convert.to_torch(model), 'after': after}
 
 
-def test_eval_output(fixture, eval_model):
-  probs = _nchw(jax.nn.sigmoid(_forward(eval_model, _nhwc(fixture['eval_input']))))
+def test_eval_output(fixture, path_eval_model):
+  probs = _nchw(jax.nn.sigmoid(_forward(path_eval_model, _nhwc(fixture['eval_input']))))
   assert probs.shape == fixture['eval_output'].shape
   diff = np.abs(probs - fixture['eval_output']).max()
   assert diff <= fixture['tol/eval_output'], diff

@@ -3,7 +3,9 @@
 The fixture holds random official weights, the official eval- and train-mode
 outputs, the SoftIoU loss (per-sample ratio, as GGL-Net's code), a few
 gradients and the running statistics after one train-mode pass, each with its
-own tolerance. One compilation per mode: the models are module-scoped.
+own tolerance. The fixture comparisons run on both kernel paths
+(`layers.use_fast_kernels`). One compilation per mode and path: the models are
+module-scoped.
 """
 
 import jax
@@ -17,6 +19,7 @@ from irstd_jax import convert
 from irstd_jax import losses
 from irstd_jax import models
 from irstd_jax.models import gglnet
+from irstd_jax.models import layers
 
 # Official parameter count of GGLNet() (the paper's model); all are used.
 OFFICIAL_PARAMS = 8_988_093
@@ -59,10 +62,17 @@ def model(state_dict):
   return convert.from_torch('gglnet', state_dict)
 
 
-def _train_pass(model, fixture, dtype):
+def _on_path(model, fast_kernels):
+  """A copy of `model` on the given kernel path."""
+  model = nnx.clone(model)
+  model.fast_kernels = fast_kernels
+  return model
+
+
+def _train_pass(model, fixture, dtype, fast_kernels):
   """One train-mode pass on a copy in `dtype`: loss, logits, requested grads,
   new stats. float64 needs jax_enable_x64 (the caller's context)."""
-  train_model = nnx.clone(model)
+  train_model = _on_path(model, fast_kernels)
   train_model.train()
   if dtype != np.float32:
     nnx.update(train_model, jax.tree.map(lambda a: jnp.asarray(a, dtype),
@@ -91,15 +101,21 @@ def _train_pass(model, fixture, dtype):
   return loss, logits, grads, convert.to_torch(train_model)
 
 
-@pytest.fixture(scope='module')
-def train_result(model, fixture):
-  return _train_pass(model, fixture, np.float32)
+@pytest.fixture(scope='module', params=[True, False], ids=['fast', 'plain'])
+def fast_kernels(request):
+  """The kernel path of the fixture comparisons: the CPU kernels, or plain."""
+  return request.param
 
 
 @pytest.fixture(scope='module')
-def train_result_float64(model, fixture):
+def train_result(model, fixture, fast_kernels):
+  return _train_pass(model, fixture, np.float32, fast_kernels)
+
+
+@pytest.fixture(scope='module')
+def train_result_float64(model, fixture, fast_kernels):
   with jax.enable_x64():
-    result = _train_pass(model, fixture, np.float64)
+    result = _train_pass(model, fixture, np.float64, fast_kernels)
     assert result[1].dtype == np.float64 and result[2]['layer.0.weight'].dtype == np.float64
     return result
 
@@ -123,7 +139,8 @@ def test_initialisation_follows_official_code():
   np.testing.assert_allclose(np.std(attention), bound / np.sqrt(3), rtol=0.05)
 
 
-def test_eval_output(model, fixture):
+def test_eval_output(model, fixture, fast_kernels):
+  model = _on_path(model, fast_kernels)
   model.eval()
   logits = nnx.jit(lambda m, x: m(x))(model, _nhwc(fixture['eval_input']))
   assert logits.shape == (2, 64, 64, 1)
@@ -209,20 +226,23 @@ def test_gradient_magnitude():
                              expected, rtol=1e-6, atol=1e-7)
 
 
-def test_attention_max_gradient_goes_to_one_element():
+@pytest.mark.parametrize('fast', [True, False], ids=['fast', 'plain'])
+def test_attention_max_gradient_goes_to_one_element(fast):
   """As torch's max pooling / torch.max(dim): the argmax gets the whole gradient.
 
   (jnp.max would split it between ties, and its equality-based gradient went
   NaN under jit in the full network.)
   """
-  x = jnp.asarray([[1.0, 3.0, 3.0, 2.0]])
-  grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
-  np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
-  # Jitted, over a middle axis (the channel attention's spatial max).
-  y = jnp.asarray([[[1.0, 5.0], [4.0, 5.0], [4.0, 2.0]]])  # (1, 3, 2): ties on both columns
-  grad = jax.jit(jax.grad(lambda v: (gglnet._max_keepdims(v, 1) * jnp.asarray([2.0, 3.0])).sum()))(y)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(grad, [[[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]]])
+  with layers.use_fast_kernels(fast):
+    x = jnp.asarray([[1.0, 3.0, 3.0, 2.0]])
+    grad = jax.grad(lambda v: gglnet._max_keepdims(v, -1).sum())(x)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(gglnet._max_keepdims(x, -1), [[3.0]])  # pylint: disable=protected-access
+    # Jitted, over a middle axis (the channel attention's spatial max).
+    y = jnp.asarray([[[1.0, 5.0], [4.0, 5.0], [4.0, 2.0]]])  # (1, 3, 2): ties on both columns
+    weighted_max = lambda v: (gglnet._max_keepdims(v, 1) * jnp.asarray([2.0, 3.0])).sum()  # pylint: disable=protected-access
+    grad = jax.jit(jax.grad(weighted_max))(y)
+    np.testing.assert_array_equal(grad, [[[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]]])
 
 
 # Three variants covering every ablation option of the paper.

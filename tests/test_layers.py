@@ -1,4 +1,8 @@
-"""Torch semantics of the shared layers, against hand-written numpy formulas."""
+"""Torch semantics of the shared layers, against hand-written numpy formulas.
+
+Tests of a layer that has a fast kernel run on both paths (the `kernels`
+fixture); tests of a kernel alone call `cpu_kernels` directly.
+"""
 
 import math
 
@@ -8,7 +12,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from irstd_jax.models import cpu_kernels
 from irstd_jax.models import layers
+
+
+@pytest.fixture(params=[True, False], ids=['fast', 'plain'])
+def kernels(request):
+  """Runs the test with the fast-kernel switch on, then off."""
+  with layers.use_fast_kernels(request.param):
+    yield request.param
 
 
 def _torch_source_index(dst: int, in_size: int, out_size: int,
@@ -37,7 +49,7 @@ def _bilinear_reference(x: np.ndarray, out_h: int, out_w: int,
   return out
 
 
-def test_upsample_known_values():
+def test_upsample_known_values(kernels):
   """The textbook 1-D cases: [0, 1] upsampled x2 in both conventions."""
   x = jnp.asarray([0.0, 1.0]).reshape(1, 1, 2, 1)
   half = layers.upsample_bilinear(x, 2, align_corners=False)
@@ -49,7 +61,7 @@ def test_upsample_known_values():
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('in_hw,out_hw', [((5, 7), (10, 14)), ((6, 4), (13, 9)),
                                           ((8, 6), (4, 3)), ((1, 3), (2, 6))])
-def test_resize_bilinear_matches_torch_formula(align_corners, in_hw, out_hw):
+def test_resize_bilinear_matches_torch_formula(kernels, align_corners, in_hw, out_hw):
   x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
   ours = layers.resize_bilinear(jnp.asarray(x), out_hw, align_corners=align_corners)
   expected = _bilinear_reference(x.astype(np.float64), *out_hw, align_corners)
@@ -58,9 +70,10 @@ def test_resize_bilinear_matches_torch_formula(align_corners, in_hw, out_hw):
 
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('in_hw,out_hw', [((5, 7), (10, 14)), ((8, 6), (4, 3))])
-def test_resize_bilinear_both_paths_agree(align_corners, in_hw, out_hw):
-  """Inference (gathers) and differentiation (matrix products) compute the
-  same map, and the jitted gradient is the torch formula's transpose."""
+def test_resize_bilinear_inference_and_gradient(kernels, align_corners, in_hw, out_hw):
+  """Inference (with fast kernels, gathers) and differentiation (matrix
+  products) compute the same map, and the jitted gradient is the torch
+  formula's transpose."""
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(2, *in_hw, 3)).astype(np.float32))
   cotangent = jnp.asarray(rng.normal(size=(2, *out_hw, 3)).astype(np.float32))
@@ -77,13 +90,13 @@ def test_resize_bilinear_both_paths_agree(align_corners, in_hw, out_hw):
                              expected.reshape(2, *in_hw, 3), atol=2e-5, rtol=1e-5)
 
 
-def test_max_pool_floors_odd_sizes():
+def test_max_pool_floors_odd_sizes(kernels):
   x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype(np.float32)
   expected = x[:, :4, :6].reshape(1, 2, 2, 3, 2, 2).max(axis=(2, 4))
   np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 2)), expected)
 
 
-def test_batchnorm2d_torch_running_statistics():
+def test_batchnorm2d_torch_running_statistics(kernels):
   """Train mode: batch statistics, torch momentum 0.1, unbiased running var."""
   rng = np.random.default_rng(2)
   channels = 3
@@ -133,7 +146,7 @@ def test_batch_norm_train_closed_form_gradient_matches_autodiff():
 
   with jax.enable_x64():
     args = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
-    outs, vjp = jax.vjp(lambda *a: layers.batch_norm_train(*a, 1e-5), *args)
+    outs, vjp = jax.vjp(lambda *a: cpu_kernels.batch_norm_train(*a, 1e-5), *args)
     ref_outs, ref_vjp = jax.vjp(by_formula, *args)
     for out, ref in zip(outs, ref_outs):
       np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-12, atol=1e-12)
@@ -150,13 +163,14 @@ def test_channel_sum_equals_sum_over_all_but_last_axis(shape):
   rng = np.random.default_rng(7)
   x = rng.normal(3.0, 2.0, size=shape).astype(np.float32)
   want = x.astype(np.float64).sum(axis=(0, 1, 2))
-  got = np.asarray(layers.channel_sum(jnp.asarray(x)))
+  got = np.asarray(cpu_kernels.channel_sum(jnp.asarray(x)))
   np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.sqrt(x.size))
 
 
-def test_conv_output_and_bias_gradient():
-  """Conv2d equals the lax convolution plus bias; its bias gradient (a
-  `channel_sum`) is the output gradient summed over batch and space."""
+def test_conv_output_and_bias_gradient(kernels):
+  """Conv2d equals the lax convolution plus bias; its bias gradient (with
+  fast kernels a `channel_sum`) is the output gradient summed over batch and
+  space."""
   rng = np.random.default_rng(8)
   conv = layers.Conv2d(3, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.normal(size=(2, 9, 7, 3)).astype(np.float32))
@@ -170,7 +184,7 @@ def test_conv_output_and_bias_gradient():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum():
+def test_max_pool_gradient_goes_to_the_first_maximum(kernels):
   """Ties included (ReLU zeros), as torch: first maximum in row-major order."""
   rng = np.random.default_rng(3)
   x = rng.integers(0, 3, size=(2, 7, 9, 3)).astype(np.float32)  # Many ties.
@@ -186,11 +200,13 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
 
 
 @pytest.mark.parametrize('cin, cout, k', [(2, 1, 7), (3, 16, 3), (1, 4, 3)])
-def test_few_channel_conv_equals_lax_convolution(cin, cout, k):
-  """The stencil path (inference) and its gradient (XLA's) for 1-3 channels."""
+def test_few_channel_conv_equals_lax_convolution(kernels, cin, cout, k):
+  """With fast kernels the stencil (inference) and its gradient (XLA's) for
+  1-3 channels; without, XLA's convolution throughout."""
   rng = np.random.default_rng(10)
   conv = layers.Conv2d(cin, cout, k, padding=k // 2, rngs=nnx.Rngs(1))
-  assert conv.in_features <= layers.STENCIL_MAX_IN_CHANNELS
+  assert cpu_kernels.stencil_applies(conv.in_features, conv.feature_group_count,
+                                     conv.strides, conv.kernel_dilation)
   x = jnp.asarray(rng.normal(size=(2, 12, 10, cin)).astype(np.float32))
   dy = jnp.asarray(rng.normal(size=(2, 12, 10, cout)).astype(np.float32))
 

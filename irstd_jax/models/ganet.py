@@ -140,7 +140,7 @@ class GradFormer(nnx.Module):
   nothing of 8C channels is materialised; 'slices' takes the differences as
   shifted slices of the padded input, then a 1x1 projection; 'conv' takes
   them with the official fixed grouped dilated convolution. On the CPU,
-  'folded' was the fastest for training and inference (README Performance).
+  'folded' is the fastest for training and inference (README, Performance).
   """
 
   def __init__(self, channels: int, width: int, height: int,
@@ -178,7 +178,7 @@ class GradFormer(nnx.Module):
 
     Channel `k * C + c` holds input channel c minus neighbour k, the official
     order. With 'conv', the official fixed grouped dilated convolution
-    (whose transpose took most of a GaNet train step on the CPU); otherwise
+    (whose transpose dominates a GaNet train step on the CPU); otherwise
     shifted slices of the padded input, which XLA fuses into one loop.
     """
     _, h, w, c = x.shape
@@ -323,6 +323,8 @@ class GaNet(nnx.Module):
       'bfloat16' is mixed precision for GPUs and TPUs (parameters, optimizer
       state, batch-norm statistics, normalisations and softmax stay float32;
       the logits are float32).
+    fast_kernels: True / False take or avoid the CPU speed kernels
+      (`layers.use_fast_kernels`); None (default) follows that switch.
     rngs: initialisation RNGs.
 
   Input height and width must be multiples of 32 with GFEM (it pools the
@@ -337,9 +339,11 @@ class GaNet(nnx.Module):
   def __init__(self, in_channels: int = 1, dilations: Sequence[int] = (1, 3),
                use_gradformer: bool = True, use_gfem: bool = True,
                img_size: int = 256, base_channels: int = 16,
-               difference_op: str = 'folded', dtype=None, *, rngs: nnx.Rngs):
+               difference_op: str = 'folded', dtype=None,
+               fast_kernels: bool | None = None, *, rngs: nnx.Rngs):
     dilations = tuple(int(d) for d in dilations)
     self.dtype = layers.compute_dtype(dtype)
+    self.fast_kernels = layers.check_fast_kernels(fast_kernels)
     if not dilations or min(dilations) < 1:
       raise ValueError(f'dilations must be positive integers, got {dilations}.')
     if img_size < 8:
@@ -374,6 +378,10 @@ class GaNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, self.multiple, 'GaNet')
+    with layers.fast_kernels_option(self.fast_kernels):
+      return self._forward(x)
+
+  def _forward(self, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x, self.dtype)
 
     def stage(blocks, h):

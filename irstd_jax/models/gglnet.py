@@ -40,13 +40,13 @@ Ablations of the paper (all default to the official model):
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from irstd_jax.models import cpu_kernels
 from irstd_jax.models import layers
 
 STAGE_WIDTHS = (16, 32, 64, 128, 256)
@@ -96,31 +96,14 @@ def _max_keepdims(x: jax.Array, axis: int) -> jax.Array:
   comparing the input with the output, and when XLA fuses and recomputes the
   input inside the jitted backward pass, the comparison can match nowhere and
   the gradient becomes 0 / 0 = NaN (seen on the deepest, 2x2 level of the
-  TGFM with batch statistics). The argmax is only computed under
-  differentiation: inference takes the plain max.
+  TGFM with batch statistics). Taking the element at the argmax has neither
+  problem. With fast kernels, `cpu_kernels.max_first` computes the argmax
+  only under differentiation.
   """
-  return _max_first(x, axis % x.ndim, x.shape[axis % x.ndim])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_first(x: jax.Array, axis: int, size: int) -> jax.Array:
-  del size
-  return jnp.max(x, axis=axis, keepdims=True)
-
-
-def _max_first_fwd(x, axis, size):
-  del size
-  index = jnp.argmax(x, axis=axis, keepdims=True)
-  return jnp.take_along_axis(x, index, axis=axis), index
-
-
-def _max_first_bwd(axis, size, index, g):
-  shape = index.shape[:axis] + (size,) + index.shape[axis + 1:]
-  positions = jax.lax.broadcasted_iota(index.dtype, shape, axis)
-  return (jnp.where(positions == index, g, jnp.zeros((), g.dtype)),)
-
-
-_max_first.defvjp(_max_first_fwd, _max_first_bwd)
+  axis = axis % x.ndim
+  if layers.fast_kernels():
+    return cpu_kernels.max_first(x, axis, x.shape[axis])
+  return jnp.take_along_axis(x, jnp.argmax(x, axis=axis, keepdims=True), axis=axis)
 
 
 def _apply(seq, x):
@@ -370,7 +353,7 @@ class GGLNet(nnx.Module):
   def __init__(self, in_channels: int = 3, *, main_input: str = 'image',
                supplementary: str = 'gradient', gsm: str = 'res',
                fusion: str = 'tgfm', ca_ratio: int = 8, dtype=None,
-               rngs: nnx.Rngs):
+               fast_kernels: bool | None = None, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -388,9 +371,12 @@ class GGLNet(nnx.Module):
         'bfloat16' is mixed precision for GPUs and TPUs (parameters,
         optimizer state and batch-norm statistics stay float32; the gradient
         image and the logits are float32).
+      fast_kernels: True / False take or avoid the CPU speed kernels
+        (`layers.use_fast_kernels`); None (default) follows that switch.
       rngs: initialisation RNGs.
     """
     self.dtype = layers.compute_dtype(dtype)
+    self.fast_kernels = layers.check_fast_kernels(fast_kernels)
     _check_choice('main_input', main_input, MAIN_INPUTS)
     _check_choice('supplementary', supplementary, SUPPLEMENTARY_INPUTS)
     _check_choice('gsm', gsm, GSM_VARIANTS)
@@ -417,6 +403,10 @@ class GGLNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     layers.check_input(x, self.in_channels, TOTAL_STRIDE, 'GGLNet')
+    with layers.fast_kernels_option(self.fast_kernels):
+      return self._forward(x)
+
+  def _forward(self, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       x = x.astype(jnp.float32)

@@ -2,15 +2,37 @@
 
 The official GaNet and GGL-Net code is PyTorch. To be weight-compatible (and to
 train the same way), convolutions pad explicitly as torch does, batch norm keeps
-torch's running statistics, and bilinear resizing offers both of torch's
-`align_corners` conventions. Every model is NHWC.
+torch's running statistics, max pooling routes its gradient to the first
+maximum, and bilinear resizing offers both of torch's `align_corners`
+conventions. Every model is NHWC.
 
 Module attribute names mirror the official torch module names, so that
 `irstd_jax.convert` maps a torch state dict onto a model by name alone.
+
+Plain and fast kernels: every layer here is written in plain `jax.lax` /
+`jnp` terms, and that formulation defines the semantics. Some layers also have
+a faster formulation for XLA:CPU in `cpu_kernels` (few-channel convolutions,
+bias gradients, batch-norm statistics and backward pass, max pooling,
+resizing), taken when `fast_kernels()` is true. The switch is one setting:
+
+  use_fast_kernels(True | False | None)  # process-wide; None = auto
+  with use_fast_kernels(False): ...      # inside the block only
+
+Auto (the default) is on for the CPU backend, where the kernels were measured
+faster, and off elsewhere until they are measured there. Models also take a
+`fast_kernels` option (None: follow the switch), so that a config can set it.
+The switch is read when a layer is traced, so under `jax.jit` it is a static
+choice: a function already traced keeps its kernels (change the model option,
+which is part of the model's static structure, or trace anew). Both paths give
+the same outputs and gradients up to float rounding. The plain path supports
+every JAX transformation, forward-mode autodiff (`jax.jvp`, `jax.linearize`,
+`jax.jacfwd`) included; the fast kernels define their gradients with
+`jax.custom_vjp` and support reverse mode only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Sequence
@@ -20,19 +42,69 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from irstd_jax.models import cpu_kernels
+
+# The fast-kernel switch: True, False, or None for auto (on for the CPU backend).
+_FAST_KERNELS: bool | None = None
+
+
+def fast_kernels() -> bool:
+  """Whether layers take the `cpu_kernels` formulation (read at trace time)."""
+  if _FAST_KERNELS is None:
+    return jax.default_backend() == 'cpu'
+  return _FAST_KERNELS
+
+
+class use_fast_kernels:  # pylint: disable=invalid-name
+  """Sets the fast-kernel switch: True, False or None (auto, the default).
+
+  Called plainly it sets the switch for the process; used as a context
+  manager it restores the previous setting on exit. Layers read it when
+  traced, and `jax.jit` caches a trace by function, not by this setting: a
+  function jitted and called before the change keeps its kernels.
+  """
+
+  def __init__(self, enabled: bool | None):
+    global _FAST_KERNELS
+    enabled = check_fast_kernels(enabled)
+    self._previous = _FAST_KERNELS
+    _FAST_KERNELS = enabled
+
+  def __enter__(self) -> 'use_fast_kernels':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    global _FAST_KERNELS
+    _FAST_KERNELS = self._previous
+
+
+def check_fast_kernels(value) -> bool | None:
+  """`value` as a switch setting (True, False or None), or a ValueError."""
+  if value is not None and not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f'fast_kernels must be True, False or None (auto), got {value!r}.')
+  return None if value is None else bool(value)
+
+
+def fast_kernels_option(option: bool | None):
+  """The context of a model's `fast_kernels` option: None follows the switch."""
+  return contextlib.nullcontext() if option is None else use_fast_kernels(option)
+
 
 def _pair(v) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
+# ---------------------------------------------------------------------------
+# Initialisers: torch's distributions, drawn on the host.
+
 def _host_or_traced(host_sample, traced_sample):
   """An initializer that draws on the host unless it runs under a trace.
 
-  Eager `jax.random` compiles one XLA program per parameter shape: building a
-  whole model that way took 30-100 s on a 2-core CPU. A numpy generator seeded
-  by the key draws the same values every time without compiling anything.
-  Under a trace (`jax.jit`, `nnx.eval_shape`, `nnx.vmap`) the key has no value,
-  so `jax.random` is used there.
+  Eager `jax.random` compiles one XLA program per parameter shape, which made
+  building a model slow. A numpy generator seeded by the key draws the same
+  values every time (on every backend) without compiling anything. Under a
+  trace (`jax.jit`, `nnx.eval_shape`, `nnx.vmap`) the key has no value, so
+  `jax.random` is used there.
   """
 
   def init(key, shape, dtype=jnp.float32):
@@ -65,71 +137,32 @@ def _torch_uniform_init(fan_in: int):
 
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-# Convolutions with at most this many input channels (the models' 1- to
-# 3-channel image inputs, the 2-channel spatial attention) take `_stencil_conv`.
-STENCIL_MAX_IN_CHANNELS = 3
 
-
-def _conv(x, kernel, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _stencil_conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
-  """Stride-1 convolution of few-channel NHWC `x`, as shifted multiply-adds.
-
-  XLA:CPU's Eigen convolution is slow for 1-3 input channels: the TGFM's 7x7
-  2 -> 1 spatial attention took 29.8 ms at 4x256², 2.5 ms as one fused loop
-  of shifted slices; GGL-Net's 3x3 3 -> 16 input convolutions 10.4 -> 2.6 ms.
-  When differentiated, forward and backward are XLA's convolution.
-  """
-  kh, kw, cin, cout = kernel.shape
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  taps = [(i, j, c) for i in range(kh) for j in range(kw) for c in range(cin)]
-  if cout == 1:  # Channel-outer order: measured 7x faster for the 7x7 2 -> 1 case.
-    taps.sort(key=lambda t: t[2])
-  out = None
-  for i, j, c in taps:
-    term = xp[:, i:i + h, j:j + w, c:c + 1] * kernel[i, j, c]
-    out = term if out is None else out + term
-  return out
-
-
-def _stencil_conv_fwd(x, kernel, padding):
-  # Under differentiation XLA's convolution: the stencil made the GGL-Net
-  # train step slower (2.86 -> 3.18 s), so it only serves inference.
-  return _conv(x, kernel, padding), (x, kernel)
-
-
-def _stencil_conv_bwd(padding, residuals, g):
-  _, vjp = jax.vjp(lambda a, b: _conv(a, b, padding), *residuals)
-  return vjp(g)
-
-
-_stencil_conv.defvjp(_stencil_conv_fwd, _stencil_conv_bwd)
-
+# ---------------------------------------------------------------------------
+# Convolution and linear layers.
 
 class _Conv(nnx.Conv):
-  """`nnx.Conv` (NHWC, explicit padding) with torch's conv semantics and two
-  CPU fast paths: the bias gradient is a `channel_sum` (XLA:CPU reduces the
-  gradient of a broadcast add as a slow reduce-window tree; the models have
-  ~100 biases), and few-channel inputs take `_stencil_conv`.
+  """`nnx.Conv` (NHWC, explicit padding) with torch's conv semantics.
+
+  With fast kernels, few-channel inputs take `cpu_kernels.stencil_conv` and
+  the bias is added by `cpu_kernels.add_channel_bias`.
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-    if (self.in_features <= STENCIL_MAX_IN_CHANNELS and self.feature_group_count == 1
-        and tuple(self.strides) == (1, 1) and tuple(self.kernel_dilation) == (1, 1)):
-      y = _stencil_conv(x, kernel, tuple(map(tuple, self.padding)))
+    fast = fast_kernels()
+    if fast and cpu_kernels.stencil_applies(self.in_features, self.feature_group_count,
+                                            self.strides, self.kernel_dilation):
+      y = cpu_kernels.stencil_conv(x, kernel, tuple(map(tuple, self.padding)))
     else:
       y = jax.lax.conv_general_dilated(
           x, kernel, self.strides, self.padding, rhs_dilation=self.kernel_dilation,
           dimension_numbers=_NHWC, feature_group_count=self.feature_group_count,
           precision=self.precision)
-    return y if bias is None else add_channel_bias(y, bias)
+    if bias is None:
+      return y
+    return cpu_kernels.add_channel_bias(y, bias) if fast else y + bias
 
 
 def Conv2d(
@@ -213,98 +246,24 @@ def set_compute_dtype(model: nnx.Module, dtype) -> None:
       module.dtype = dtype
 
 
-def _sum_split(n: int, channels: int) -> tuple[int, int]:
-  """(rows, groups) with rows * groups = n for `channel_sum`'s first stage.
+# ---------------------------------------------------------------------------
+# Batch norm.
 
-  Groups are the largest power of two that divides n, keeps a row under
-  2048 values and leaves at least 64 rows.
-  """
-  groups = 1
-  while (groups * 2 * channels <= 2048 and n % (groups * 2) == 0
-         and n // (groups * 2) >= 64):
-    groups *= 2
-  return n // groups, groups
-
-
-def channel_sum(x: jax.Array) -> jax.Array:
-  """Sum of NHWC `x` over all axes but the last, as a matrix product.
-
-  XLA:CPU turns a large column reduction into a reduce-window tree that runs
-  at a fraction of memory bandwidth (batch-norm statistics were a fifth of
-  the GGL-Net train step). A ones-vector times `x` viewed as (rows, groups *
-  C) streams the data through the matmul library instead, then the groups
-  are summed: 2-4x faster than `jnp.sum` for the models' shapes, and as
-  accurate (each partial sum runs over at most n / groups values).
-  """
-  c = x.shape[-1]
-  n = x.size // c
-  rows, groups = _sum_split(n, c)
-  if groups == 1:
-    return jnp.sum(x.reshape(n, c), axis=0)
-  partial = jnp.dot(jnp.ones((rows,), x.dtype), x.reshape(rows, groups * c),
-                    precision=jax.lax.Precision.HIGHEST)
-  return jnp.sum(partial.reshape(groups, c), axis=0)
-
-
-def channel_mean(x: jax.Array) -> jax.Array:
-  return channel_sum(x) / (x.size // x.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
                      epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Train-mode batch norm: (x - mean) / sqrt(var + eps) * scale + bias.
 
   Statistics over all axes but the last; returns (y, mean, var). The
-  variance is two-pass and biased, as torch normalises. The backward pass is
-  the closed form: with g the output cotangent, d_bias = sum(g), d_scale =
-  sum(g * xhat) and dx = scale * rstd * (g - (d_bias + xhat * d_scale) / n),
-  two `channel_sum`s for all three gradients (a closed form for the input
-  alone plus autodiff for scale and bias took four).
+  variance is two-pass and biased, as torch normalises. With fast kernels,
+  `cpu_kernels.batch_norm_train` (the same formula, a closed-form backward).
   """
-  mean = channel_mean(x)
-  var = channel_mean(jnp.square(x - mean))
+  if fast_kernels():
+    return cpu_kernels.batch_norm_train(x, scale, bias, epsilon)
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
   xhat = (x - mean) * jax.lax.rsqrt(var + epsilon)
   return xhat * scale + bias, mean, var
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-  out = batch_norm_train(x, scale, bias, epsilon)
-  return out, (x, scale, out[1], jax.lax.rsqrt(out[2] + epsilon))
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-  del epsilon
-  x, scale, mean, rstd = residuals
-  g, d_mean, d_var = cotangents
-  n = x.size // x.shape[-1]
-  xhat = (x - mean) * rstd
-  d_bias = channel_sum(g)
-  d_scale = channel_sum(g * xhat)
-  dx = (scale * rstd) * (g - (d_bias + xhat * d_scale) / n)
-  # The statistics' own cotangents (zero when only y is used).
-  dx = dx + d_mean / n + d_var * (2.0 / n) * (x - mean)
-  return dx, d_scale, d_bias
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-@jax.custom_vjp
-def add_channel_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """y + bias over the last axis; the bias gradient is a `channel_sum`."""
-  return y + bias
-
-
-def _add_channel_bias_fwd(y, bias):
-  return y + bias, None
-
-
-def _add_channel_bias_bwd(_, g):
-  return g, channel_sum(g)
-
-
-add_channel_bias.defvjp(_add_channel_bias_fwd, _add_channel_bias_bwd)
 
 
 class BatchNorm2d(nnx.BatchNorm):
@@ -340,51 +299,25 @@ class BatchNorm2d(nnx.BatchNorm):
     return y.astype(x.dtype)
 
 
+# ---------------------------------------------------------------------------
+# Max pooling.
+
 def max_pool(x: jax.Array, size: int = 2, stride: int | None = None) -> jax.Array:
   """`nn.MaxPool2d(size, stride)` without padding on NHWC.
 
-  Non-overlapping windows (stride == size, all the models use) take
-  `_max_pool_tiles`: XLA's generic max-pool gradient (select-and-scatter)
-  is rewritten on the CPU into index tensors and a scatter, which cost more
-  than the pooling itself.
+  `lax.reduce_window` routes each window's gradient to its first maximum in
+  row-major order, as torch does. With fast kernels, non-overlapping
+  windows (stride == size, all the models use) take
+  `cpu_kernels.max_pool_tiles`.
   """
   stride = size if stride is None else stride
-  if stride == size:
-    return _max_pool_tiles(x, size)
+  if stride == size and fast_kernels():
+    return cpu_kernels.max_pool_tiles(x, size)
   return nnx.max_pool(x, (size, size), strides=(stride, stride), padding='VALID')
 
 
-def _tiles(x: jax.Array, k: int) -> jax.Array:
-  """(B, H//k, k, W//k, k, C) view of NHWC `x`, the remainder rows / cols dropped."""
-  b, h, w, c = x.shape
-  return x[:, :h // k * k, :w // k * k].reshape(b, h // k, k, w // k, k, c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_tiles(x: jax.Array, k: int) -> jax.Array:
-  """Max over non-overlapping k x k windows; the gradient goes to each window's
-  first maximum in row-major order, as torch's max pooling routes it."""
-  return jnp.max(_tiles(x, k), axis=(2, 4))
-
-
-def _max_pool_tiles_fwd(x, k):
-  y = _max_pool_tiles(x, k)
-  return y, (x, y)
-
-
-def _max_pool_tiles_bwd(k, residuals, dy):
-  x, y = residuals
-  order = (jnp.arange(k)[:, None] * k + jnp.arange(k)).reshape(1, 1, k, 1, k, 1)
-  hits = _tiles(x, k) == y[:, :, None, :, None]
-  first = jnp.min(jnp.where(hits, order, k * k), axis=(2, 4), keepdims=True)
-  dx = jnp.where(order == first, dy[:, :, None, :, None], 0).astype(dy.dtype)
-  b, h, w, c = x.shape
-  dx = dx.reshape(b, h // k * k, w // k * k, c)
-  return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
-
-
-_max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
-
+# ---------------------------------------------------------------------------
+# Bilinear resizing.
 
 @functools.lru_cache(maxsize=256)
 def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
@@ -405,79 +338,13 @@ def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarr
   return w
 
 
-@functools.lru_cache(maxsize=256)
-def _sparse_rows(in_size: int, out_size: int,
-                 align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
-  """The interpolation matrix as (indices, weights), both (rows, taps).
-
-  Row r of the matrix is sum_t weights[r, t] at column indices[r, t]; a
-  linear interpolation row has at most two nonzeros (one where an output
-  falls on an input sample). Rows with fewer are padded with weight 0.
-  """
-  w = _interp_matrix(in_size, out_size, align_corners)
-  nonzero = w != 0
-  taps = max(int(nonzero.sum(axis=1).max()), 1)
-  indices = np.zeros((w.shape[0], taps), np.int32)
-  weights = np.zeros((w.shape[0], taps), np.float32)
-  for row in range(w.shape[0]):
-    (cols,) = np.nonzero(nonzero[row])
-    indices[row, :len(cols)] = cols
-    weights[row, :len(cols)] = w[row, cols]
-  return indices, weights
-
-
-def _interpolate_axis(x: jax.Array, axis: int, in_size: int, out_size: int,
-                      align_corners: bool) -> jax.Array:
-  """Applies the interpolation matrix along `axis` as gathers.
-
-  A few constant-index gathers with per-row weights, which XLA fuses into one
-  loop: 4-9x faster on the CPU than the matrix product with its transposes
-  (a 4x128²x16 -> 256² upsampling 16.5 -> 1.9 ms).
-  """
-  indices, weights = _sparse_rows(in_size, out_size, align_corners)
-  shape = [1] * x.ndim
-  shape[axis] = indices.shape[0]
-  out = None
-  for t in range(indices.shape[1]):
-    term = (jnp.take(x, indices[:, t], axis=axis, mode='clip')
-            * weights[:, t].astype(x.dtype).reshape(shape))
-    out = term if out is None else out + term
-  return out
-
-
 def _resize_matmul(x: jax.Array, size: tuple[int, int], align_corners: bool) -> jax.Array:
+  """Both axes' interpolation matrices applied as matrix products."""
   _, h, w, _ = x.shape
   wh = jnp.asarray(_interp_matrix(h, size[0], align_corners), x.dtype)
   ww = jnp.asarray(_interp_matrix(w, size[1], align_corners), x.dtype)
   x = jnp.einsum('oh,bhwc->bowc', wh, x)
   return jnp.einsum('pw,bowc->bopc', ww, x)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _resize(x: jax.Array, size: tuple[int, int], align_corners: bool) -> jax.Array:
-  """Inference: per-axis gathers. Under differentiation: matrix products.
-
-  In the train step, XLA fuses the cheap gathers into every consumer of the
-  resized map, including the layout transposes of the next convolution's
-  weight gradient, and the GGL-Net step got slower (2.41 -> 2.67 s); the
-  matrix products (and their transposes for the backward pass) stay
-  materialised, as before.
-  """
-  _, h, w, _ = x.shape
-  x = _interpolate_axis(x, 1, h, size[0], align_corners)
-  return _interpolate_axis(x, 2, w, size[1], align_corners)
-
-
-def _resize_fwd(x, size, align_corners):
-  return jax.vjp(lambda v: _resize_matmul(v, size, align_corners), x)
-
-
-def _resize_bwd(size, align_corners, vjp, g):
-  del size, align_corners
-  return vjp(g)
-
-
-_resize.defvjp(_resize_fwd, _resize_bwd)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int],
@@ -488,13 +355,18 @@ def resize_bilinear(x: jax.Array, size: Sequence[int],
   `align_corners=False`; `nn.UpsamplingBilinear2d` uses `align_corners=True`.
   Exact for both conventions and for up- and down-sampling (torch does not
   antialias): each axis applies torch's interpolation weights
-  (`_interp_matrix`), two taps per output.
+  (`_interp_matrix`), two taps per output. With fast kernels,
+  `cpu_kernels.resize` (the same weights as gathers at inference).
   """
   out_h, out_w = size
   _, h, w, _ = x.shape
   if (h, w) == (out_h, out_w):
     return x
-  return _resize(x, (int(out_h), int(out_w)), bool(align_corners))
+  size, align_corners = (int(out_h), int(out_w)), bool(align_corners)
+  if fast_kernels():
+    return cpu_kernels.resize(x, size, align_corners, interp_matrix=_interp_matrix,
+                              plain=_resize_matmul)
+  return _resize_matmul(x, size, align_corners)
 
 
 def upsample_bilinear(x: jax.Array, scale: int, align_corners: bool) -> jax.Array:
@@ -502,6 +374,9 @@ def upsample_bilinear(x: jax.Array, scale: int, align_corners: bool) -> jax.Arra
   _, h, w, _ = x.shape
   return resize_bilinear(x, (h * scale, w * scale), align_corners)
 
+
+# ---------------------------------------------------------------------------
+# Inputs.
 
 def check_input(x, in_channels: int, multiple: int, model: str) -> None:
   """Raises a ValueError that says how to fix an input the model cannot take."""
