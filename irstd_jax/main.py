@@ -10,7 +10,6 @@ with one line saying what and how to fix it; `--verbosity=1` or
 IRSTD_TRACEBACK=1 shows the traceback instead.
 """
 
-import ast
 import os
 import sys
 
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 
 from irstd_jax import sharding
 from irstd_jax import train
+from irstd_jax.cli import fail, one_line, wants_traceback as _wants_traceback, TRACEBACK_ENV  # pylint: disable=unused-import
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -32,43 +32,6 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and resume), or '
                   'evaluate a checkpoint.')
 flags.DEFINE_string('checkpoint', 'best', "Eval mode: 'best', 'latest' or a step.")
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# What a user's mistake raises: bad values (ValueError, also the datasets' and
-# the workdir's errors), files (OSError), a diverging run (FloatingPointError),
-# unknown config fields (KeyError / AttributeError from ml_collections).
-USER_ERRORS = (ValueError, OSError, FloatingPointError, KeyError, AttributeError)
-TRACEBACK_ENV = 'IRSTD_TRACEBACK'
-
-
-def one_line(error: BaseException) -> str:
-  """The error's message on one line, without the quoting of KeyError reprs."""
-  text = str(error.args[0]) if len(error.args) == 1 else str(error)
-  for _ in range(2):  # KeyError inside AttributeError quotes twice.
-    if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':
-      try:
-        text = str(ast.literal_eval(text))
-      except (ValueError, SyntaxError):
-        break
-  if isinstance(error, OSError) and error.filename:
-    text = f'{error.strerror or text}: {error.filename}'
-    if isinstance(error, PermissionError):
-      text += ' (choose a writable --workdir or --config.dataset.data_dir)'
-  return ' '.join(text.split())
-
-
-def _wants_traceback(argv) -> bool:
-  verbose = any(a.startswith('--verbosity=') and a.split('=', 1)[1] not in ('0', '-1')
-                or a.startswith('-v=') for a in argv)
-  return verbose or os.environ.get(TRACEBACK_ENV, '') not in ('', '0')
-
-
-def fail(error: BaseException, argv) -> None:
-  """Re-raises `error` for a traceback, or exits with its one-line message."""
-  if _wants_traceback(argv) or not isinstance(error, USER_ERRORS):
-    raise error
-  sys.exit(f'Error: {one_line(error)}\n(For the traceback: --verbosity=1 or '
-           f'{TRACEBACK_ENV}=1.)')
-
 
 def parse_flags(argv):
   """absl's flag parsing; a config that does not load fails in one line."""
