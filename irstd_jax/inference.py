@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from typing import Any, Iterable, Iterator, Sequence
 
 from flax import nnx
@@ -226,6 +227,9 @@ class Predictor:
     self.high_bit_depth = high_bit_depth
     self.description = dict(description or {'model': type(model).__name__})
     self.model = model
+    # Seconds spent compiling (the first batch of each shape), for speed reports.
+    self.compile_seconds = 0.0
+    self._compiled: set[tuple[int, int]] = set()
     graphdef = evaluator.eval_graphdef(model)
     self.state = jax.device_put(nnx.to_pure_dict(nnx.state(model)),
                                 sharding.replicated(self.mesh))
@@ -341,7 +345,13 @@ class Predictor:
     if self.num_channels > 1:
       batch = np.repeat(batch, self.num_channels, axis=-1)
     images = sharding.global_array(batch, sharding.batch_sharded(self.mesh))
-    return group, self._forward(self.state, images)
+    if shape in self._compiled:
+      return group, self._forward(self.state, images)
+    started = time.perf_counter()  # A new shape compiles, synchronously.
+    outputs = self._forward(self.state, images)
+    self.compile_seconds += time.perf_counter() - started
+    self._compiled.add(shape)
+    return group, outputs
 
   def _finish(self, group, outputs):
     probs = sharding.to_host(outputs)

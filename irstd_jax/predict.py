@@ -238,10 +238,12 @@ def run(predictor: inference.Predictor, inputs: Sequence[Input], output: str, *,
     progress.write(f'skipped {path}: {message}', file=sys.stderr)
 
   started = time.perf_counter()
-  times: list[float] = []
+  compiling = predictor.compile_seconds
+  count = 0
 
   def done() -> None:
-    times.append(time.perf_counter())
+    nonlocal count
+    count += 1
     progress.update(1)
 
   # Images: sizes from the headers first, so that at most max_shapes shapes compile.
@@ -272,13 +274,12 @@ def run(predictor: inference.Predictor, inputs: Sequence[Input], output: str, *,
   writer.write_targets()
 
   seconds = time.perf_counter() - started
-  count = len(times)
-  first = min(predictor.batch_size, count)
-  steady = ((count - first) / (times[-1] - times[first - 1])
-            if count > first and times[-1] > times[first - 1] else None)
+  compiling = predictor.compile_seconds - compiling
   manifest.update(status='done', images=count, failed=failed, seconds=round(seconds, 3),
+                  compile_seconds=round(compiling, 3),
                   images_per_second=count / seconds if seconds else None,
-                  images_per_second_after_first_batch=steady)
+                  images_per_second_without_compilation=(
+                      count / (seconds - compiling) if seconds > compiling else None))
   _write_json(os.path.join(output, MANIFEST), manifest)
   return manifest
 
@@ -401,9 +402,10 @@ def main(argv):
   except Exception as error:  # pylint: disable=broad-except
     cli.fail(error, sys.argv, 'choose a writable --output')
   rate = result['images_per_second'] or 0.0
-  steady = result['images_per_second_after_first_batch']
+  steady = result['images_per_second_without_compilation']
   print(f"{result['images']} images in {result['seconds']:.1f} s: {rate:.2f} images/s"
-        + (f' ({steady:.2f} images/s after the first batch, which compiles)' if steady else '')
+        + (f" ({steady:.2f} images/s without the {result['compile_seconds']:.1f} s of "
+           'compilation)' if steady else '')
         + f'. Results in {FLAGS.output}.')
   if result['failed']:
     print(f"{len(result['failed'])} input(s) could not be read and were skipped "

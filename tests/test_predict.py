@@ -179,6 +179,34 @@ def test_official_layout_weights_predict_as_the_model(run_dir, predictor, odd_in
     np.testing.assert_allclose(theirs, mine, rtol=1e-6, atol=1e-7)
 
 
+def test_pth_weights_load_through_torch(predictor, odd_inputs, tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is absent: pip install -e ".[torch]" '
+                              'runs the .pth case (the .npz case above runs without it).')
+  weights = str(tmp_path / 'unet.pth')
+  torch.save({'state_dict': {k: torch.from_numpy(v)
+                             for k, v in convert.to_torch(predictor.model).items()}}, weights)
+  official = inference.Predictor.from_torch('unet', weights, model_options={'base_channels': 4},
+                                            mean=predictor.mean, std=predictor.std)
+  image = odd_inputs[1]['grey16']
+  np.testing.assert_allclose(official.predict(image), predictor.predict(image), atol=1e-7)
+
+
+def test_checkpoints_without_input_meta_use_the_workdirs_config(run_dir, predictor,
+                                                                monkeypatch):
+  """Checkpoints written before 'input' was stored fall back to config.json."""
+  original = inference.checkpointing.Checkpoints.restore
+
+  def restore_without_input(self, step, like):
+    state, meta = original(self, step, like)
+    return state, {k: v for k, v in meta.items() if k != 'input'}
+
+  monkeypatch.setattr(inference.checkpointing.Checkpoints, 'restore', restore_without_input)
+  _, settings = inference.load_workdir(run_dir[2], 'latest')
+  assert (settings['mean'], settings['std'], settings['num_channels']) == (
+      predictor.mean, predictor.std, predictor.num_channels)
+  assert settings['description']['step'] >= predictor.description['step']
+
+
 def test_evaluate_on_predictions_equals_eval_mode(run_dir, predictor):
   root, config, workdir = run_dir
   inputs = predict.find_inputs([str(root / 'split' / 'images')])

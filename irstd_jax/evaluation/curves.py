@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-_SIZE = (420, 360)          # One chart, pixels.
-_MARGIN = (56, 20, 20, 44)  # left, top, right, bottom.
+_SIZE = (440, 380)          # One chart, pixels.
+_MARGIN = (56, 40, 36, 44)  # left, top, right, bottom.
 _COLOUR = (31, 119, 180)
 
 
@@ -42,10 +42,10 @@ def _chart(title: str, xlabel: str, ylabel: str, x: np.ndarray, y: np.ndarray,
     u = xmax * k / 5
     px, _ = at(u, 0)
     draw.line((px, y1, px, y1 + 4), fill='black')
-    draw.text((px - 14, y1 + 6), f'{u:.3g}', fill='black')
-  draw.text((x0, 4), title, fill='black')
+    draw.text((px - 14, y1 + 6), f'{u:.3g}', fill='black')  # 4 characters or so
+  draw.text((x0, 6), title, fill='black')
   draw.text(((x0 + x1) // 2 - 3 * len(xlabel), y1 + 24), xlabel, fill='black')
-  draw.text((4, y0 - 16), ylabel, fill='black')
+  draw.text((8, y0 - 16), ylabel, fill='black')
   order = np.argsort(x, kind='stable')
   points = [at(u, v) for u, v in zip(x[order], y[order])]
   if len(points) > 1:
