@@ -189,7 +189,7 @@ class Predictor:
   """A model ready for new images: preprocessing, batching, devices.
 
   Args:
-    model: an irstd_jax model (any mode; it is run in eval mode).
+    model: an irstd_jax model (any mode; it is put in eval mode).
     mean, std: normalisation in grey levels, (x - mean) / std.
     num_channels: the model's input channels (default: its `in_channels`).
     threshold: probability threshold of masks and targets (strict >).
@@ -230,7 +230,8 @@ class Predictor:
     # Seconds spent compiling (the first batch of each shape), for speed reports.
     self.compile_seconds = 0.0
     self._compiled: set[tuple[int, int]] = set()
-    graphdef = evaluator.eval_graphdef(model)
+    model.eval()  # Running batch-norm statistics; the model stays in eval mode.
+    graphdef = nnx.graphdef(model)
     self.state = jax.device_put(nnx.to_pure_dict(nnx.state(model)),
                                 sharding.replicated(self.mesh))
     self._forward = functools.partial(

@@ -21,7 +21,9 @@ from ml_collections import config_flags
 
 from irstd_jax import sharding
 from irstd_jax import train
-from irstd_jax.cli import fail, one_line, wants_traceback as _wants_traceback, TRACEBACK_ENV  # pylint: disable=unused-import
+from irstd_jax.cli import fail
+from irstd_jax.cli import one_line
+from irstd_jax.cli import wants_traceback as _wants_traceback
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -210,7 +210,7 @@ def run(predictor: inference.Predictor, inputs: Sequence[Input], output: str, *,
     raise ValueError(f"prob_format={prob_format!r}: use 'png' or 'npy'.")
   videos = [i for i in inputs if i.kind == 'video']
   if videos and not video.available():
-    raise ImportError(f'{videos[0].path} is a video. {video._INSTALL}')  # pylint: disable=protected-access
+    raise ValueError(f'{videos[0].path} is a video. {video.INSTALL_HINT}')
   prepare_output(output, predictor.description, overwrite)
   manifest = {
       'model': predictor.description, 'threshold': predictor.threshold,

@@ -14,7 +14,7 @@ import numpy as np
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg',
                     '.wmv', '.flv', '.ts')
-_INSTALL = 'Video needs PyAV: pip install -e ".[video]" (or pip install av).'
+INSTALL_HINT = 'Video needs PyAV: pip install -e ".[video]" (or pip install av).'
 
 
 class VideoError(ValueError):
@@ -34,7 +34,7 @@ def _av():
   try:
     import av  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(_INSTALL) from e
+    raise ImportError(INSTALL_HINT) from e
   return av
 
 
