@@ -15,9 +15,10 @@ import sys
 # unknown config fields (KeyError / AttributeError from ml_collections).
 USER_ERRORS = (ValueError, OSError, FloatingPointError, KeyError, AttributeError)
 TRACEBACK_ENV = 'IRSTD_TRACEBACK'
+MAIN_PERMISSION_HINT = 'choose a writable --workdir or --config.dataset.data_dir'
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException, permission_hint: str = MAIN_PERMISSION_HINT) -> str:
   """The error's message on one line, without the quoting of KeyError reprs."""
   text = str(error.args[0]) if len(error.args) == 1 else str(error)
   for _ in range(2):  # KeyError inside AttributeError quotes twice.
@@ -29,7 +30,7 @@ def one_line(error: BaseException) -> str:
   if isinstance(error, OSError) and error.filename:
     text = f'{error.strerror or text}: {error.filename}'
     if isinstance(error, PermissionError):
-      text += ' (choose a writable --workdir or --config.dataset.data_dir)'
+      text += f' ({permission_hint})'
   return ' '.join(text.split())
 
 
@@ -40,8 +41,8 @@ def wants_traceback(argv) -> bool:
   return verbose or os.environ.get(TRACEBACK_ENV, '') not in ('', '0')
 
 
-def fail(error: BaseException, argv) -> None:
+def fail(error: BaseException, argv, permission_hint: str = MAIN_PERMISSION_HINT) -> None:
   """Re-raises `error` for a traceback, or exits with its one-line message."""
   if wants_traceback(argv) or not isinstance(error, USER_ERRORS):
     raise error
-  sys.exit(f'Error: {one_line(error)} [traceback: {TRACEBACK_ENV}=1]')
+  sys.exit(f'Error: {one_line(error, permission_hint)} [traceback: {TRACEBACK_ENV}=1]')

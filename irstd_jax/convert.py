@@ -84,6 +84,10 @@ def _torch_layout(model: nnx.Module) -> dict[str, tuple[tuple, _Converter, _Conv
 
 
 def _load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A state dict file: .npz (numpy, official names) or a torch .pth."""
+  if str(path).endswith('.npz'):
+    with np.load(path) as data:
+      return {k.removeprefix('module.'): data[k] for k in data.files}
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -105,7 +109,9 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any] | str | os.
   Args:
     model: a model built by `irstd_jax.models.build` with matching options.
     state_dict: official parameter names -> arrays (numpy, torch tensors or any
-      float dtype; cast to float32), or the path of a `.pth` file.
+      float dtype; cast to float32), or the path of a `.pth` file (needs
+      torch) or of a `.npz` of the same names (e.g. `np.savez(path,
+      **to_torch(model))`).
     strict: raise if a parameter of `model` is missing from `state_dict`.
 
   Returns:

@@ -15,6 +15,8 @@ import numpy as np
 HIT = (0, 220, 0)
 FALSE_ALARM = (255, 40, 40)
 MISS = (255, 200, 0)
+# Detections without ground truth: target boxes and their scores.
+BOX = (0, 200, 255)
 
 
 def valid_box(valid: np.ndarray) -> tuple[slice, slice]:
@@ -59,6 +61,29 @@ def overlay(image: np.ndarray, mask: np.ndarray, prob: np.ndarray,
                         (~pred & truth, MISS)):
     rgb[where] = colour
   return rgb
+
+
+def detections(gray: np.ndarray, mask: np.ndarray, targets) -> np.ndarray:
+  """A (H, W) uint8 image with the predicted pixels green and each target boxed.
+
+  Each box (a pixel outside the target) carries the target's peak
+  probability; `targets` are `inference.find_targets` dicts.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  rgb = np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=-1)
+  rgb[np.asarray(mask, bool)] = HIT
+  image = Image.fromarray(rgb)
+  draw = ImageDraw.Draw(image)
+  height, width = rgb.shape[:2]
+  for target in targets:
+    left, top = target['x'] - 1, target['y'] - 1
+    right, bottom = target['x'] + target['width'], target['y'] + target['height']
+    draw.rectangle((left, top, right, bottom), outline=BOX)
+    text = f"{target['peak_prob']:.2f}"
+    x = min(max(left, 0), max(width - 6 * len(text), 0))
+    y = top - 11 if top >= 11 else min(bottom + 2, max(height - 11, 0))
+    draw.text((x, y), text, fill=BOX)
+  return np.asarray(image)
 
 
 def save_png(path: str, array: np.ndarray) -> None:
