@@ -157,7 +157,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any] | str | os.
         f'{len(missing)} parameters of {type(model).__name__} are missing from '
         f'the state dict: {missing[:10]}...')
   if skipped:
-    logging.info('Skipped %d official parameters unused by the forward pass: %s',
+    logging.warning('Skipped %d official parameters unused by the forward pass: %s',
                  len(skipped), ', '.join(skipped[:20]))
   return skipped
 

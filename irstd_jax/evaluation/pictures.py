@@ -97,3 +97,28 @@ def safe_name(name) -> str:
   if isinstance(name, bytes):
     name = name.decode('utf-8', 'replace')
   return re.sub(r'[^A-Za-z0-9._-]+', '_', str(name)) or 'image'
+
+
+# Overlays smaller than this (longest side) are enlarged, nearest neighbour.
+READABLE_SIDE = 256
+
+
+def readable(rgb: np.ndarray, min_side: int = READABLE_SIDE) -> np.ndarray:
+  """An overlay enlarged by a whole factor (nearest) to `min_side`, with a legend below.
+
+  Small targets in small images are a few pixels: enlarged without smoothing,
+  every pixel stays one colour, and the legend says what the colours mean.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  factor = max(1, -(-min_side // max(rgb.shape[:2])))
+  big = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+  width = max(big.shape[1], 240)
+  canvas = Image.new('RGB', (width, big.shape[0] + 18), (0, 0, 0))
+  canvas.paste(Image.fromarray(big), (0, 0))
+  draw = ImageDraw.Draw(canvas)
+  x = 4
+  for label, colour in (('hit', HIT), ('false alarm', FALSE_ALARM), ('miss', MISS)):
+    draw.rectangle([x, big.shape[0] + 5, x + 9, big.shape[0] + 14], fill=colour)
+    draw.text((x + 13, big.shape[0] + 4), label, fill=(255, 255, 255))
+    x += 20 + 7 * len(label)
+  return np.asarray(canvas)

@@ -67,13 +67,16 @@ def metrics_line(result: dict[str, float]) -> str:
 
 
 def write_overlays(examples: list[Example], directory: str, threshold: float) -> None:
-  """One PNG per example: hits green, false alarms red, misses yellow."""
+  """One PNG per example: hits green, false alarms red, misses yellow.
+
+  Small images are enlarged (nearest) to a readable size, with a legend.
+  """
   for example in examples:
     name = pictures.safe_name(example.id)
     pictures.save_png(
         os.path.join(directory, f'{name}.png'),
-        pictures.overlay(example.image, example.mask, example.prob,
-                              example.valid, threshold))
+        pictures.readable(pictures.overlay(example.image, example.mask, example.prob,
+                                           example.valid, threshold)))
 
 
 def write_summary(path: str, title: str, table: str) -> None:
