@@ -12,6 +12,9 @@ Protocol (greekinRoma/Gradient-Transformer, see ../shared/research/anchors.md 2.
   chosen on the test split (what the GaNet code reports; optimistic by 1-2 IoU).
   The GaNet authors never ran SIRST-v1, so there is no paper number for it.
 
+Cost: a GPU run (400-500 epochs); on a 2-core CPU the ETA reads about 80 h. For a
+CPU-sized run on real data see docs/training.md ("What a paper config costs").
+
 Run:
   python -m irstd_jax.main --config=configs/ganet.py --workdir=workdirs/ganet \
       --config.dataset.source_dir=PATH/TO/sirst

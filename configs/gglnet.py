@@ -15,6 +15,9 @@ Protocol (YuChuang1205/MSDA-Net train_MSDA_Net.py; GGL-Net paper III-B):
 crops and native-resolution evaluation (the PAL "CNN Full" row: IoU 75.47,
 nIoU 75.93, Pd 97.34, Fa 20.65e-6).
 
+Cost: a GPU run (400-500 epochs); on a 2-core CPU the ETA reads about 266 h. For a
+CPU-sized run on real data see docs/training.md ("What a paper config costs").
+
 Run:
   python -m irstd_jax.main --config=configs/gglnet.py --workdir=workdirs/gglnet \
       --config.dataset.source_dir=PATH/TO/sirst
