@@ -6,6 +6,7 @@ import types
 import pytest
 
 from irstd_jax import config_lib
+from irstd_jax.datasets import catalog
 from irstd_jax import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -102,3 +103,20 @@ def test_resolve_fills_every_derived_value_once():
   gglnet_config.input.num_channels = 1
   with pytest.raises(ValueError, match='in_channels=3 differs from input.num_channels=1'):
     config_lib.resolve(gglnet_config, sirst)
+
+
+@pytest.mark.parametrize('name', ['ganet', 'gglnet', 'unet'])
+def test_each_dataset_brings_its_own_splits(name):
+  """dataset=NAME trains and tests on splits that dataset has (issue: nudt_sirst had no trainval)."""
+  for dataset in catalog.DATASETS.values():
+    c = config_lib.load_config(str(CONFIGS / f'{name}.py'), f'dataset={dataset.name},epochs=1')
+    train_split, test_split = config_lib.splits(c)
+    assert (train_split, test_split) == (dataset.default.train, dataset.default.test)
+    if dataset.default.names is not None:
+      assert {train_split, test_split} <= set(dataset.default.names)
+  nudt = config_lib.load_config(str(CONFIGS / f'{name}.py'), 'dataset=nudt_sirst')
+  assert config_lib.splits(nudt) == ('train', 'test')
+  basic = config_lib.load_config(str(CONFIGS / f'{name}.py'), 'protocol=basicirstd,dataset=irstd_1k')
+  assert 'config' not in basic.dataset.options and config_lib.splits(basic) == ('trainval', 'test')
+  with pytest.raises(ValueError, match='quick trains on the offline synthetic data'):
+    config_lib.load_config(str(CONFIGS / f'{name}.py'), 'quick,dataset=irstd_folder')
