@@ -35,3 +35,40 @@ def load_fixture(shared: pathlib.Path, name: str):
     pytest.skip(f'{path} is absent.')
   with np.load(path) as data:
     return {k: data[k] for k in data.files}
+
+
+# The slow tier: cases over ~8 s on a 2-core CPU (compiling a whole model's
+# gradient or a training run). `python -m pytest -q -m "not slow"` skips them
+# and still touches every module; the full suite (CI) runs them.
+SLOW = (
+    'test_kernels.py::test_jvp_through_model_on_the_plain_path',
+    'test_kernels.py::test_model_option_overrides_the_switch',
+    'test_mixed_precision.py::test_bfloat16_computes_in_bfloat16_and_keeps_float32_state',
+    'test_gglnet.py::test_gradients',
+    'test_gglnet.py::test_train_output_and_loss',
+    'test_gglnet.py::test_ablation_runs',
+    'test_gglnet.py::test_converter_round_trip',
+    'test_gglnet.py::test_eval_output[plain]',
+    'test_ganet.py::test_train_output_and_loss[plain]',
+    'test_ganet.py::test_other_difference_ops_match_fixture',
+    'test_ganet.py::test_eval_output[plain]',
+    'test_ganet.py::test_batch_composition_non_square_and_padding',
+    'test_main.py::test_main_mistakes_end_in_one_line',
+    'test_train.py::test_two_processes_train_together',
+    'test_train.py::test_one_and_four_devices_train_the_same_model',
+    'test_train.py::test_mixed_size_evaluation_compiles_once_per_bucket',
+    'test_train.py::test_trains_end_to_end_and_leaves_its_outputs',
+    'test_train.py::test_eval_mode_reproduces_the_logged_best_metrics',
+    'test_train.py::test_kill_mid_epoch_loses_at_most_the_checkpoint_interval',
+    'test_train.py::test_interrupted_run_resumes_to_the_same_parameters',
+    'test_train.py::test_refuses_to_resume_into_another_model',
+    'test_predict.py::test_command_lines_exit_status_and_messages',
+    'test_benchmarks.py::test_conv_layers_step_inventories_the_train_step',
+    'test_benchmarks.py::test_run_command_smoke',
+)
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  for item in items:
+    if any(item.nodeid.split('tests/')[-1].startswith(name) for name in SLOW):
+      item.add_marker(pytest.mark.slow)
