@@ -59,15 +59,24 @@ def markdown(results: dict) -> str:
   m = results.get('metrics_evaluation')
   if m and 'error' not in m:
     lines.append(
-        f"| {short_device} | metrics | evaluation throughput, all metrics, "
-        f"{m['images']} maps of mixed sizes (images/s, higher is better) | "
-        f"{_fmt(m['images_per_s'])} | — | — |")
+        f"| {short_device} | metrics | evaluation throughput, the usual metrics, "
+        f"{m['images']} maps of mixed sizes (images/s, higher is better; "
+        f"reference: lean NumPy / scikit-image in the PyTorch column) | "
+        f"{_fmt(m['images_per_s'])} | {_fmt(m['reference_images_per_s'])} | "
+        f"{m['speedup_vs_reference']:.1f}x |")
+    lines.append(
+        f"| {short_device} | metrics | the same with the variants (shooting rule, "
+        f"OPDC, hIoU; reference: lean NumPy / scipy) | "
+        f"{_fmt(m['variants_images_per_s'])} | "
+        f"{_fmt(m['variants_reference_images_per_s'])} | "
+        f"{m['variants_speedup_vs_reference']:.1f}x |")
   notes = []
   if m and 'error' in m:
     notes.append(f"- metrics evaluation not measured: {m['error']}")
   elif m:
     notes.append(
-        f"- metrics: first call {m['first_call_s']:.1f} s with "
+        f"- metrics: first call {m['first_call_s']:.1f} s (with the variants "
+        f"{m['first_call_variants_s']:.1f} s) with "
         f"{m['compilations_first_call']} compilations, "
         f"{m['compilations_later_calls']} compilations in later calls; "
         f"{m['megapixels_per_s']:.1f} Mpixel/s.")

@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="JAX with XLA's default options instead of the project's "
                  '(irstd_jax.steps.compiler_options), to measure what they change.')
   p.add_argument('--skip-metrics', action='store_true',
-                 help='do not time irstd_jax.metrics.score.')
+                 help='do not time irstd_jax.metrics.score (nor its NumPy references).')
   p.add_argument('--quick', action='store_true',
                  help='few repeats and a small matmul (a smoke run, not a '
                  'measurement).')
@@ -259,11 +259,14 @@ def measure_metrics(args) -> dict:
 
   The owner's own, finer benchmark is benchmarks/metrics_benchmark.py; this
   figure is the end-to-end call a user makes after inference: all metrics
-  (IoU, nIoU, P/R/F1, Pd/Fa, ROC) of a set of probability maps. The official
-  repositories compute them in NumPy / PyTorch loops, not timed here.
+  (IoU, nIoU, P/R/F1, Pd/Fa, ROC, the Pd-Fa curve) of a set of probability
+  maps, with and without the target-level variants (shooting rule, OPDC,
+  hIoU), against the lean NumPy / scikit-image / scipy references of
+  metrics_benchmark.py, timed in alternation.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
+  from benchmarks import metrics_benchmark  # pylint: disable=g-import-not-at-top
   try:
     from irstd_jax import metrics  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -282,21 +285,35 @@ def measure_metrics(args) -> dict:
     preds.append(pred)
     masks.append(mask)
   pixels = sum(p.size for p in preds)
+  curve = metrics.PD_FA_THRESHOLDS
+  calls = {
+      'jax': lambda: metrics.score(preds, masks, variants=False),
+      'jax_variants': lambda: metrics.score(preds, masks),
+      'numpy': lambda: metrics_benchmark.lean(preds, masks, curve),
+      'numpy_variants': lambda: (metrics_benchmark.lean(preds, masks, curve),
+                                 metrics_benchmark.lean_variants(preds, masks, curve)),
+  }
   try:
     with jax_side.count_compilations() as compiles:
-      first = timing.time_call(lambda: metrics.score(preds, masks))[0]
+      first = timing.time_call(calls['jax'])[0]
+      first_variants = timing.time_call(calls['jax_variants'])[0]
       first_compiles = len(compiles)
-      samples = timing.interleaved(
-          {'jax': lambda: metrics.score(preds, masks)},
-          repeats=2 if args.quick else 5, warmup=0)['jax']
+      samples = timing.interleaved(calls, repeats=2 if args.quick else 5, warmup=0)
   except Exception as e:  # pylint: disable=broad-except
     return {'error': f'{type(e).__name__}: {e}'}
+  jax_s, variants_s = samples['jax'].median, samples['jax_variants'].median
   return {'images': count, 'sizes': sizes, 'megapixels': pixels / 1e6,
-          'first_call_s': first, 'compilations_first_call': first_compiles,
+          'first_call_s': first, 'first_call_variants_s': first_variants,
+          'compilations_first_call': first_compiles,
           'compilations_later_calls': len(compiles) - first_compiles,
-          'images_per_s': count / samples.median,
-          'megapixels_per_s': pixels / 1e6 / samples.median,
-          'timings': samples.to_json()}
+          'images_per_s': count / jax_s,
+          'megapixels_per_s': pixels / 1e6 / jax_s,
+          'reference_images_per_s': count / samples['numpy'].median,
+          'speedup_vs_reference': samples['numpy'].median / jax_s,
+          'variants_images_per_s': count / variants_s,
+          'variants_reference_images_per_s': count / samples['numpy_variants'].median,
+          'variants_speedup_vs_reference': samples['numpy_variants'].median / variants_s,
+          'timings': {k: v.to_json() for k, v in samples.items()}}
 
 
 def main(argv=None) -> dict:

@@ -124,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=8,
       threshold=0.5,           # Probability threshold (strict >).
       pd_fa_relative=False,    # True: GaNet code's Pd/Fa on pred / max(pred).
+      # Also the target-level variants (shooting rule, OPDC, hIoU and its error
+      # terms; docs/metrics_variants.md): one more labelling per batch.
+      variants=True,
       best_metric='miou',      # Chooses the "best epoch" checkpoint.
       num_images=4,            # Input/mask/prediction panels in TensorBoard.
       num_overlays=16,         # PNG overlays written at the end (-1: all).

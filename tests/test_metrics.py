@@ -4,7 +4,9 @@
 codes compute image by image (BasicIRSTD's mIoU and PD_FA, GGL-Net's nIoU and
 PD_FA_2, GaNet's precision / recall / F1 and relative Pd/Fa, DNANet's
 ROCMetric); the jax code is compared with it on the shared fixture and on
-adversarial sets.
+adversarial sets. `score` computes the metric variants by default: the same
+calls check them against variants_reference.py (test_metrics_variants.py
+checks that reference against pyirstdmetrics).
 """
 
 import jax
@@ -16,6 +18,10 @@ from skimage import measure
 from conftest import load_fixture
 from irstd_jax import metrics
 from irstd_jax.metrics import counts
+from variants_reference import assert_close
+from variants_reference import of_reference
+from variants_reference import of_score
+from variants_reference import reference as variants_reference
 
 EPS = np.spacing(1)
 
@@ -94,6 +100,14 @@ def _reference(preds, masks, threshold=0.5, roc=metrics.ROC_THRESHOLDS,
       curve_fa=false_px[1:] / pixels)
 
 
+def _assert_variants(result, preds, masks, threshold=0.5,
+                     curve=metrics.PD_FA_THRESHOLDS, relative=False):
+  expected = variants_reference(preds, masks, (threshold,) + tuple(curve),
+                                relative)
+  assert_close(of_score(result, metrics.variants.KEYS), of_reference(expected),
+               'variants')
+
+
 def _assert_matches(result, expected):
   for key in ('targets', 'matched_targets', 'fa_pixels'):
     assert result[key] == expected[key], key
@@ -169,7 +183,9 @@ def noisy_set():
 
 def test_random_set_of_mixed_sizes(noisy_set):
   preds, masks = noisy_set
-  _assert_matches(metrics.score(preds, masks), _reference(preds, masks))
+  result = metrics.score(preds, masks)
+  _assert_matches(result, _reference(preds, masks))
+  _assert_variants(result, preds, masks)
 
 
 def test_fa_variant_and_custom_thresholds(noisy_set):
@@ -180,8 +196,10 @@ def test_fa_variant_and_custom_thresholds(noisy_set):
   roc = (0.0,) + tuple(np.linspace(0.15, 0.95, 10))
   curve = (0.2, 0.4, 0.6, 0.8, 0.95)
   result = metrics.score(preds, masks, 0.4, roc_thresholds=roc,
-                            pd_fa_thresholds=curve)
+                         pd_fa_thresholds=curve, variants=False)
   _assert_matches(result, _reference(preds, masks, 0.4, roc, curve))
+  assert not set(metrics.variants.KEYS) & (set(result) |
+                                           set(result['pd_fa_curve']))
 
 
 def test_edge_cases():
@@ -226,7 +244,9 @@ def test_edge_cases():
     expected = _reference([pred], [mask])
     assert expected['matched_targets'] == hits
     _assert_matches(metrics.score([pred], [mask]), expected)
-  _assert_matches(metrics.score(preds, masks), _reference(preds, masks))
+  result = metrics.score(preds, masks)
+  _assert_matches(result, _reference(preds, masks))
+  _assert_variants(result, preds, masks)
 
 
 def test_hundreds_of_components_and_255_masks():
@@ -238,7 +258,9 @@ def test_hundreds_of_components_and_255_masks():
   pred[1:, 1:] = np.maximum(pred[1:, 1:], (mask[:-1, :-1] > 0) * 0.7)
   expected = _reference([pred], [mask])
   assert expected['targets'] > 300
-  _assert_matches(metrics.score([pred], [mask]), expected)
+  result = metrics.score([pred], [mask])
+  _assert_matches(result, expected)
+  _assert_variants(result, [pred], [mask])
 
 
 def test_full_hd_image():
@@ -251,8 +273,9 @@ def test_full_hd_image():
     mask[_blob(shape, center, rng.uniform(1, 5))] = 1
     pred[_blob(shape, center + rng.integers(-2, 3, 2), 3)] = 0.9
   pred[500:580, 100:200] = 0.6  # one large false alarm
-  _assert_matches(metrics.score([pred], [mask]),
-                  _reference([pred], [mask]))
+  result = metrics.score([pred], [mask])
+  _assert_matches(result, _reference([pred], [mask]))
+  _assert_variants(result, [pred], [mask])
 
 
 def test_relative_pd_fa():
@@ -265,6 +288,7 @@ def test_relative_pd_fa():
   assert expected['matched_targets'] > _reference(preds, masks)[
       'matched_targets']
   _assert_matches(relative, expected)
+  _assert_variants(relative, preds, masks, relative=True)
 
 
 # -- the streaming accumulator ----------------------------------------------

@@ -20,6 +20,7 @@ from irstd_jax import checkpointing
 from irstd_jax import config_lib
 from irstd_jax import evaluation
 from irstd_jax import input_pipeline
+from irstd_jax import metrics
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax import train
@@ -244,6 +245,13 @@ def test_mixed_size_evaluation_compiles_once_per_bucket(config_file, data_dir):
     second = evaluator.run(model_state).metrics
   assert compiled.count('jit(eval_step)') == 2
   assert first['miou'] == second['miou'] and first['pd'] == second['pd']
+  # The variants (host-side, from padded sharded batches) equal `score` on
+  # the same predictions cut to their images.
+  examples = evaluator.predict(model_state, len(source))
+  scored = metrics.score([e.prob for e in examples], [e.mask for e in examples],
+                         pd_fa_thresholds=())
+  for key in metrics.variants.KEYS + ('pd', 'fa', 'miou'):
+    np.testing.assert_allclose(first[key], scored[key], rtol=1e-6, atol=1e-9, err_msg=key)
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,

@@ -37,7 +37,7 @@ def predict_probs(model: nnx.Module, images: jax.Array) -> jax.Array:
 
 def eval_step(model_state: Any, stats: metrics.MetricStats, batch: dict[str, jax.Array], *,
               graphdef: Any, threshold: float, pd_fa_relative: bool,
-              mesh: jax.sharding.Mesh) -> metrics.MetricStats:
+              mesh: jax.sharding.Mesh, with_probs: bool = False) -> Any:
   """Adds a batch to the metrics' sufficient statistics.
 
   Args:
@@ -49,14 +49,17 @@ def eval_step(model_state: Any, stats: metrics.MetricStats, batch: dict[str, jax
     pd_fa_relative: GaNet code's Pd/Fa, thresholding each map divided by its
       maximum (IoU stays absolute); False is BasicIRSTD's absolute threshold.
     mesh: the device mesh.
+    with_probs: also return the probabilities (B, H, W), replicated, for the
+      host-side metric variants (`metrics.variants`).
 
   Returns:
-    The updated statistics, replicated.
+    The updated statistics, replicated (and the probabilities).
   """
   probs = predict_probs(nnx.merge(graphdef, model_state), batch['image'])
-  return steps.replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
-                                        threshold=threshold, pd_fa_relative=pd_fa_relative),
-                         mesh)
+  stats = steps.replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
+                                         threshold=threshold, pd_fa_relative=pd_fa_relative),
+                          mesh)
+  return (stats, steps.replicate(probs, mesh)) if with_probs else stats
 
 
 def predict(model_state: Any, images: jax.Array, *, graphdef: Any,
@@ -75,6 +78,19 @@ def eval_graphdef(model: nnx.Module) -> Any:
   graphdef = nnx.graphdef(model)
   model.train()
   return graphdef
+
+
+def _add_variants(variant_stats: metrics.variants.VariantStats, probs: jax.Array,
+                  masks: np.ndarray, valid: np.ndarray) -> metrics.variants.VariantStats:
+  """Adds a batch to the variants on this host's first device holding it.
+
+  `probs` is replicated, so every host computes the same statistics from its
+  own full copy (no cross-host merge needed).
+  """
+  local = probs.addressable_data(0)
+  device = next(iter(local.devices()))
+  return metrics.variants.update(variant_stats, local, jax.device_put(masks, device),
+                                 jax.device_put(valid, device))
 
 
 @dataclasses.dataclass
@@ -108,7 +124,8 @@ class Evaluator:
     platform = mesh.devices.flat[0].platform
     self._step = functools.partial(
         steps.jitted(eval_step, platform, donate_argnums=(1,),
-                     static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh')),
+                     static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh',
+                                      'with_probs')),
         graphdef=graphdef, threshold=float(config.eval.threshold),
         pd_fa_relative=bool(config.eval.pd_fa_relative), mesh=mesh)
     self._predict = functools.partial(
@@ -123,9 +140,11 @@ class Evaluator:
         pad_multiple=ev.pad_multiple, max_shapes=ev.max_shapes,
         num_channels=inp.num_channels, mean_std=(inp.mean, inp.std))
 
-  def _on_devices(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    arrays = sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
-                                self.mesh.size)
+  def _padded(self, batch: dict[str, Any]) -> dict[str, Any]:
+    return sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
+                              self.mesh.size)
+
+  def _on_devices(self, arrays: dict[str, Any]) -> dict[str, jax.Array]:
     data = sharding.batch_sharded(self.mesh)
     return {k: sharding.global_array(v, data) for k, v in arrays.items()}
 
@@ -136,31 +155,52 @@ class Evaluator:
         examples.append(report.Example.crop(image_id, batch, i, probs[i]))
 
   def run(self, model_state: Any, *, num_examples: int = 0,
-          pd_fa_curve: bool = False, show_progress: bool = False) -> Result:
+          pd_fa_curve: bool = False, show_progress: bool = False,
+          variants: bool | None = None) -> Result:
     """All metrics of the model on the split.
 
     Args:
       model_state: the model part of the training state (pure dict).
       num_examples: how many images to return with their predictions.
-      pd_fa_curve: also Pd/Fa at 5 more thresholds (5 more connected-component
-        passes per batch; off during training).
+      pd_fa_curve: also Pd/Fa (and the variants) at 5 more thresholds (5 more
+        connected-component passes per batch; off during training).
       show_progress: a progress bar over the split's images (on the console).
+      variants: also the target-level variants (`metrics.variants`: shooting
+        rule, OPDC, hIoU); default `config.eval.variants`. Each batch's
+        probabilities are then labelled once more on one device and matched
+        on the host, while the devices run the next batch.
     """
-    stats = metrics.init(pd_fa_thresholds=None if pd_fa_curve else ())
+    ev = self.config.eval
+    if variants is None:
+      variants = bool(ev.get('variants', True))
+    curve = None if pd_fa_curve else ()
+    stats = metrics.init(pd_fa_thresholds=curve)
     stats = jax.device_put(stats, sharding.replicated(self.mesh))
+    variant_stats = metrics.variants.init(
+        float(ev.threshold), curve, bool(ev.pd_fa_relative)) if variants else None
+    pending = None  # The previous batch's (probs, masks, valid) for the variants.
     examples: list[report.Example] = []
     with tqdm.tqdm(total=len(self.source), unit='image', leave=False, dynamic_ncols=True,
-                   desc=f'evaluating {self.config.eval.split}',
+                   desc=f'evaluating {ev.split}',
                    disable=not show_progress) as progress:
       for batch in self.batches():
-        device_batch = self._on_devices(batch)
-        stats = self._step(model_state, stats, device_batch)
+        arrays = self._padded(batch)
+        device_batch = self._on_devices(arrays)
+        if variants:
+          stats, probs = self._step(model_state, stats, device_batch, with_probs=True)
+          if pending is not None:
+            variant_stats = _add_variants(variant_stats, *pending)
+          pending = (probs, arrays['mask'], arrays['valid'])
+        else:
+          stats = self._step(model_state, stats, device_batch)
         if len(examples) < num_examples:
           self._add_examples(examples, num_examples, batch, device_batch['image'], model_state)
         if show_progress:  # Counts images as they finish, not as they are queued.
           jax.block_until_ready(stats)
           progress.update(sum(1 for i in batch['id'] if i))
-    return Result(metrics.compute(sharding.to_host(stats)), examples)
+      if pending is not None:
+        variant_stats = _add_variants(variant_stats, *pending)
+    return Result(metrics.compute(sharding.to_host(stats), variant_stats), examples)
 
   def predict(self, model_state: Any, limit: int) -> list[report.Example]:
     """Predictions for the first `limit` images (no metrics; stops early)."""
@@ -168,6 +208,7 @@ class Evaluator:
     for batch in self.batches():
       if len(examples) >= limit:
         break
-      self._add_examples(examples, limit, batch, self._on_devices(batch)['image'],
+      self._add_examples(examples, limit, batch,
+                         self._on_devices(self._padded(batch))['image'],
                          model_state)
     return examples

@@ -13,7 +13,7 @@ from irstd_jax.evaluation import pictures
 # Metric key, column title and scale (the field's units: percent, and Fa in
 # false-alarm pixels per million).
 TABLE_COLUMNS = (('miou', 'mIoU', 100), ('niou', 'nIoU', 100), ('f1', 'F1', 100),
-                 ('pd', 'Pd', 100), ('fa', 'Fa (x1e-6)', 1e6))
+                 ('pd', 'Pd', 100), ('fa', 'Fa (x1e-6)', 1e6), ('hiou', 'hIoU', 100))
 
 
 @dataclasses.dataclass
@@ -83,6 +83,7 @@ def write_summary(path: str, title: str, table: str) -> None:
   """The run's summary.md: the results table and how to read it."""
   with open(path, 'w', encoding='utf-8') as f:
     f.write(f'# {title}\n\n{table}\n\nmIoU, nIoU, F1, Pd in percent; Fa in '
-            'false-alarm pixels per million. "best" is chosen on the split it is '
+            'false-alarm pixels per million; hIoU (OPDC matching, '
+            'docs/metrics_variants.md) in percent. "best" is chosen on the split it is '
             'reported on, as the GaNet and GGL-Net codes do; "final" is the last '
             'epoch (BasicIRSTD).\n')

@@ -19,6 +19,7 @@ sufficient statistics), `components` (connected components of sparse maps),
 their building blocks.
 """
 
+from irstd_jax.metrics import variants
 from irstd_jax.metrics.sets import score
 from irstd_jax.metrics.streaming import compute
 from irstd_jax.metrics.streaming import FA_VARIANTS
@@ -30,4 +31,4 @@ from irstd_jax.metrics.streaming import ROC_THRESHOLDS
 from irstd_jax.metrics.streaming import update
 
 __all__ = ['score', 'compute', 'FA_VARIANTS', 'init', 'merge', 'MetricStats',
-           'PD_FA_THRESHOLDS', 'ROC_THRESHOLDS', 'update']
+           'PD_FA_THRESHOLDS', 'ROC_THRESHOLDS', 'update', 'variants']

@@ -296,8 +296,22 @@ def count_lanes(lanes: Lanes, threshold, roc, pd_fa, relative) -> dict:
               roc_tp=roc_tp, roc_fp=roc_fp, foreground=foreground)
 
 
-def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
-  """Targets, matched targets and false-alarm pixels at each threshold.
+class Layers(NamedTuple):
+  """Connected components of the mask and of each Pd/Fa threshold's map.
+
+  Row 0 of `selected`, `parent` and `found` is the mask, row 1 + k the
+  prediction at threshold k; all rows share the pixel lists `mask` (row 0)
+  and `base` (the lowest threshold's pixels, a superset of every row >= 1).
+  """
+  mask: components_lib.Pixels
+  base: components_lib.Pixels
+  selected: jnp.ndarray  # (1 + T, F) bool: the row's pixels in its list
+  parent: jnp.ndarray    # (1 + T, F) int32: components_lib.label
+  found: components_lib.Components  # stacked, leading axis 1 + T
+
+
+def label_layers(lanes: Lanes, thresholds, relative, capacity) -> Layers:
+  """Labels the mask and the prediction at every threshold.
 
   `capacity` must hold the mask's foreground pixels and those of the lowest
   threshold; higher thresholds select subsets of the latter's list. The mask
@@ -319,17 +333,31 @@ def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
     index, ok = args
     pixels = jax.tree.map(lambda m, b: jnp.where(index == 0, m, b), mask,
                           base)
-    return components_lib.components(pixels, components_lib.label(pixels, ok),
-                                     ok)
+    parent = components_lib.label(pixels, ok)
+    return parent, components_lib.components(pixels, parent, ok)
 
-  layers = lax.map(label, (jnp.arange(selected.shape[0]), selected))
+  parent, found = lax.map(label, (jnp.arange(selected.shape[0]), selected))
+  return Layers(mask, base, selected, parent, found)
+
+
+def pd_fa(lanes: Lanes, thresholds, relative, capacity) -> dict:
+  """Targets, matched targets and false-alarm pixels at each threshold.
+
+  See `label_layers` for `capacity`.
+  """
+  return pd_fa_of_layers(
+      label_layers(lanes, thresholds, relative, capacity), lanes.tiles)
+
+
+def pd_fa_of_layers(layers: Layers, tiles: components_lib.Tiles) -> dict:
+  """`pd_fa` from labelled layers (BasicIRSTD's greedy matching)."""
   targets = matching.sort_targets(
-      components_lib.compact_components(jax.tree.map(lambda a: a[0], layers)),
-      tiles.ok.shape[0])
-  predicted = jax.tree.map(lambda a: a[1:], layers)
+      components_lib.compact_components(
+          jax.tree.map(lambda a: a[0], layers.found)), tiles.ok.shape[0])
+  predicted = jax.tree.map(lambda a: a[1:], layers.found)
   matched, hit_pixels = lax.map(
       lambda found: matching.greedy_match(found, targets), predicted)
-  foreground = jnp.sum(selected[1:].astype(jnp.int32), axis=1)
+  foreground = jnp.sum(layers.selected[1:].astype(jnp.int32), axis=1)
   return dict(targets=targets.components.count, matched=matched,
               fa_pixels=foreground - hit_pixels)
 

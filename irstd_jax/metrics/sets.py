@@ -15,6 +15,7 @@ import numpy as np
 
 from irstd_jax.metrics import batch as batch_lib
 from irstd_jax.metrics import counts
+from irstd_jax.metrics import variants as variants_lib
 from irstd_jax.metrics.streaming import FA_VARIANTS, _add, compute, init
 
 
@@ -41,6 +42,17 @@ def _gather_and_count(probs, masks, tile_image, tile_order, boxes, active,
 _pd_fa = jax.jit(batch_lib.pd_fa, static_argnames=('relative', 'capacity'))
 
 
+@functools.partial(jax.jit, static_argnames=('relative', 'capacity',
+                                             'overlap_capacity'))
+def _pd_fa_and_regions(lanes, thresholds, relative, capacity,
+                       overlap_capacity):
+  """`pd_fa` and the variants' region records from one labelling."""
+  layers = batch_lib.label_layers(lanes, thresholds, relative, capacity)
+  return (batch_lib.pd_fa_of_layers(layers, lanes.tiles),
+          variants_lib.regions_lib.regions(lanes, layers, thresholds, relative,
+                                           overlap_capacity))
+
+
 @functools.partial(jax.jit, static_argnames=('shared',))
 def _combine(stats, summary, lanes, counted, found, shared):
   return _add(stats, batch_lib.combine(summary, lanes, counted, found, shared))
@@ -51,13 +63,15 @@ def _power_of_two(n: int, low: int, high: int) -> int:
 
 
 def _score_batch(stats, canvas, members, preds, threshold, relative,
-                    sizes):
+                 sizes, variant_stats=None, geometry=None):
   """`update` in stages, with capacities chosen on the host.
 
   Each stage then compiles once per shape or capacity (powers of two), and
   only for the capacities the data needs. `sizes` holds the largest
   capacities used so far in this call: they only grow, so later batches reuse
-  compiled code rather than compile a smaller size.
+  compiled code rather than compile a smaller size. With `variant_stats`,
+  the same labelling also yields the variants' region records; `geometry`
+  (members, 3) holds each image's pixels, top and left.
   """
   curve = stats.pd_fa_thresholds
   shared = curve.index(threshold) if threshold in curve else None
@@ -84,8 +98,21 @@ def _score_batch(stats, canvas, members, preds, threshold, relative,
       max(int(np.max(counted['foreground'])), sizes.get('pixels', 0)), 256,
       capacity * batch_lib.LANES)
   sizes['pixels'] = pixels
-  found = _pd_fa(lanes, pd_fa, relative=relative, capacity=pixels)
-  return _combine(stats, summary, lanes, counted, found, shared=shared)
+  if variant_stats is None:
+    found = _pd_fa(lanes, pd_fa, relative=relative, capacity=pixels)
+    return _combine(stats, summary, lanes, counted, found, shared=shared), None
+  overlaps = _power_of_two(
+      max(int(counted['foreground'][0]), sizes.get('overlaps', 0)), 256, pixels)
+  sizes['overlaps'] = overlaps
+  found, regions = _pd_fa_and_regions(lanes, pd_fa, relative=relative,
+                                      capacity=pixels,
+                                      overlap_capacity=overlaps)
+  stats = _combine(stats, summary, lanes, counted, found, shared=shared)
+  _, layer_of_row = variants_lib.layer_of_rows(variant_stats)
+  variant_stats = variants_lib.add_regions(
+      variant_stats, variants_lib.read_regions(regions), geometry[:, 0],
+      geometry[:, 1:], layer_of_row)
+  return stats, variant_stats
 
 
 class _Canvas(NamedTuple):
@@ -251,10 +278,10 @@ def _check_values(index: int, pred):
 
 
 def score(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
-             roc_thresholds: Optional[Sequence[float]] = None,
-             pd_fa_thresholds: Optional[Sequence[float]] = None,
-             pd_fa_relative: bool = False, fa_variant: str = 'basicirstd',
-             batch_pixels: int = 1 << 22) -> dict:
+          roc_thresholds: Optional[Sequence[float]] = None,
+          pd_fa_thresholds: Optional[Sequence[float]] = None,
+          pd_fa_relative: bool = False, fa_variant: str = 'basicirstd',
+          variants: bool = True, batch_pixels: int = 1 << 22) -> dict:
   """Metrics of a whole set of 2-D maps of possibly different sizes.
 
   Images are packed into canvases (at least 1024x1024; each image starts on
@@ -273,10 +300,13 @@ def score(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
       'gglnet' (GGL-Net's code: predicted minus matched pixels, divided by the
       number of images times the pixels of the last image, the same number
       when all images share one size).
+    variants: also the target-level variants (`metrics.variants`: shooting
+      rule, OPDC, hIoU and its error terms), from the same labelling plus a
+      host-side assignment per image.
     batch_pixels: pixels per jitted batch.
 
   Returns:
-    The dict of `compute`.
+    The dict of `compute` (with the variant keys when `variants`).
 
   Raises:
     ValueError: naming the image index, for non-2-D arrays, shape mismatches,
@@ -299,6 +329,8 @@ def score(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
   per_batch = max(1, min(batch_pixels, 2**31 - 1) // (height * width))
   per_batch = min(per_batch, canvases)
   stats = init(roc_thresholds, pd_fa_thresholds)
+  variant_stats = variants_lib.init(
+      threshold, pd_fa_thresholds, pd_fa_relative) if variants else None
   sizes = {}
   probs = _aligned_zeros((per_batch, height, width), np.float32)
   mask_canvas = _aligned_zeros((per_batch, height, width), bool)
@@ -309,9 +341,12 @@ def score(preds: Sequence, masks: Sequence, threshold: float = 0.5, *,
                     [(places[i][0] - first,) + places[i][1:] for i in members],
                     probs, mask_canvas,
                     _power_of_two(len(members), 64, 1 << 30))
-    stats = _score_batch(stats, canvas, members, preds, float(threshold),
-                            pd_fa_relative, sizes)
-  result = compute(stats)
+    geometry = np.asarray([(shapes[i][0] * shapes[i][1],) + places[i][1:]
+                           for i in members], np.int64)
+    stats, variant_stats = _score_batch(
+        stats, canvas, members, preds, float(threshold), pd_fa_relative,
+        sizes, variant_stats, geometry)
+  result = compute(stats, variant_stats)
   if fa_variant == 'gglnet':
     last = np.asarray(preds[-1]).size * len(preds)
     result['fa'] = result['fa_pixels'] / last

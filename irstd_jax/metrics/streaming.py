@@ -157,13 +157,19 @@ def merge(a: MetricStats, b: MetricStats) -> MetricStats:
       summed, **{f: counts.normalize(getattr(summed, f)) for f in _COUNTERS})
 
 
-def compute(stats: MetricStats) -> dict:
+def compute(stats: MetricStats, variant_stats=None) -> dict:
   """Final metrics (host floats); same keys as `score`.
+
+  Args:
+    stats: the streaming statistics.
+    variant_stats: optional `variants.VariantStats` of the same images and
+      Pd/Fa thresholds; adds its keys (`variants.KEYS`) and their curves.
 
   Returns:
     miou, niou, precision, recall, f1, pd, fa: floats; roc: dict(thresholds,
-    tpr, fpr) of numpy arrays; auc; pd_fa_curve: dict(thresholds, pd, fa);
-    and the raw counts targets, matched_targets, fa_pixels, pixels, images.
+    tpr, fpr) of numpy arrays; auc; pd_fa_curve: dict(thresholds, pd, fa,
+    and each variant key); and the raw counts targets, matched_targets,
+    fa_pixels, pixels, images.
   """
   if int(stats.tile_overflow) > 0:
     raise ValueError('Some batches had more active tiles than the largest '
@@ -186,7 +192,7 @@ def compute(stats: MetricStats) -> dict:
   negatives = pixels - positives
   tpr = c['roc_tp'] / (positives + _ROC_EPS)
   fpr = c['roc_fp'] / (negatives + _ROC_EPS)
-  return dict(
+  result = dict(
       miou=tp / (_EPS + int(c['union'])),
       niou=(float(stats.iou_sum) + float(stats.iou_error)) / images
       if images else math.nan,
@@ -199,6 +205,18 @@ def compute(stats: MetricStats) -> dict:
                        pd=pd[1:], fa=fa[1:]),
       targets=targets, matched_targets=int(c['matched'][0]),
       fa_pixels=int(c['fa_pixels'][0]), pixels=pixels, images=images)
+  if variant_stats is not None:
+    if variant_stats.pd_fa_thresholds != stats.pd_fa_thresholds:
+      raise ValueError(
+          'variant_stats has other Pd/Fa thresholds: '
+          f'{variant_stats.pd_fa_thresholds} vs {stats.pd_fa_thresholds}.')
+    # variants builds on this module; imported here to avoid the cycle.
+    from irstd_jax.metrics import variants  # pylint: disable=g-import-not-at-top
+    found = variants.compute(variant_stats)
+    result['pd_fa_curve'].update(
+        {k: v for k, v in found.pop('curve').items() if k != 'thresholds'})
+    result.update(found)
+  return result
 
 
 def _auc(fpr, tpr) -> float:
