@@ -34,8 +34,7 @@ def _image_counts(pred_on, mask):
   m, n = len(targets), len(preds)
   # Shooting rule: dilations by the boxes' radii.
   hit_zone = ndimage.binary_dilation(pred_on, np.ones((3, 3), bool))
-  c['shooting_hits'] = sum(bool(np.any(hit_zone[labels == t.label]))
-                           for t in targets)
+  c['shooting_hits'] = np.unique(labels[hit_zone & mask]).size
   near = ndimage.binary_dilation(mask, np.ones((9, 9), bool))
   c['shooting_fa'] = int(np.sum(pred_on & ~near))
   # Tables as the library sizes them: max(M, 1) x max(N, 1).
@@ -76,11 +75,14 @@ def _image_counts(pred_on, mask):
   c['loc_s2m'] = c['opdc_fn'] - c['loc_pcp']
   c['opdc_iou'] = c['seg_mrg'] = c['seg_itf'] = c['seg_pcp'] = 0.0
   for i, j in zip(*np.nonzero(matched)):
-    a, b = labels == targets[i].label, found == preds[j].label
+    t, p = targets[i].bbox, preds[j].bbox  # the pair's pixels lie in both
+    box = (slice(min(t[0], p[0]), max(t[2], p[2])),
+           slice(min(t[1], p[1]), max(t[3], p[3])))
+    a, b = labels[box] == targets[i].label, found[box] == preds[j].label
     both = np.sum(a | b)
     c['opdc_iou'] += np.sum(a & b) / both
-    c['seg_mrg'] += np.sum(b & mask & ~a) / both
-    c['seg_itf'] += np.sum(b & ~mask) / both
+    c['seg_mrg'] += np.sum(b & mask[box] & ~a) / both
+    c['seg_itf'] += np.sum(b & ~mask[box]) / both
     c['seg_pcp'] += np.sum(a & ~b) / both
   # Distance-only one-to-one matching (BasicIRSTD's greedy order).
   free = np.ones(n, bool)

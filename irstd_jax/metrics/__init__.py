@@ -1,22 +1,27 @@
 """IRSTD metrics in jax.numpy, equal to the reference codes.
 
 mIoU, nIoU, precision / recall / F1, Pd / Fa (BasicIRSTD), ROC (DNANet) and a
-Pd-Fa curve, computed jitted and batched. Two ways in:
+Pd-Fa curve, computed jitted and batched; and the target-level variants papers
+use under the same names (`variants`: the shooting rule, OPDC matching, hIoU
+and its error terms, equal to pyirstdmetrics). Two ways in:
 
 * Streaming, for a model being evaluated: `stats = init()`, then
   `stats = update(stats, probs, masks, valid)` per (B, H, W) batch (pure,
   jittable), `merge` across devices or hosts, `compute(stats)` at the end.
+  The variants need an assignment on the host: `variants.init / update /
+  merge`, then `compute(stats, variant_stats)`.
 * `score(preds, masks)`: a whole set of 2-D maps of any sizes on the host,
-  for predictions made by anything.
+  for predictions made by anything (variants included by default).
 
 A pixel is predicted when its probability is strictly greater than the
 threshold (float32 comparison), and is a target pixel when its mask value is
 > 0.5 (masks in {0, 1} or {0, 255}).
 
-Modules: `streaming` and `sets` are the two entries; `batch` (per-batch
-sufficient statistics), `components` (connected components of sparse maps),
-`matching` (BasicIRSTD's Pd matching) and `counts` (exact int32 counters) are
-their building blocks.
+Modules: `streaming`, `sets` and `variants` are the entries; `batch`
+(per-batch sufficient statistics), `components` (connected components of
+sparse maps), `matching` (BasicIRSTD's Pd matching), `regions` (the variants'
+per-batch region records) and `counts` (exact int32 counters) are their
+building blocks. docs/metrics.md and docs/metrics_variants.md define them.
 """
 
 from irstd_jax.metrics import variants

@@ -162,8 +162,9 @@ def compute(stats: MetricStats, variant_stats=None) -> dict:
 
   Args:
     stats: the streaming statistics.
-    variant_stats: optional `variants.VariantStats` of the same images and
-      Pd/Fa thresholds; adds its keys (`variants.KEYS`) and their curves.
+    variant_stats: optional `variants.VariantStats` of the same images,
+      threshold and Pd/Fa thresholds (only the latter can be checked here);
+      adds its keys (`variants.KEYS`) and their curves.
 
   Returns:
     miou, niou, precision, recall, f1, pd, fa: floats; roc: dict(thresholds,

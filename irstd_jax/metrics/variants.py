@@ -154,13 +154,17 @@ def compute(stats: VariantStats) -> dict:
 
 
 def layer_of_rows(stats: VariantStats):
-  """The thresholds to label (float32) and the layer of each row."""
-  values, shared = batch_lib.pd_fa_thresholds(stats.threshold,
-                                              stats.pd_fa_thresholds)
-  curve = len(stats.pd_fa_thresholds)
-  if shared is None:
-    return np.asarray(values), np.arange(1 + curve)
-  return np.asarray(values), np.concatenate([[shared], np.arange(curve)])
+  """The thresholds to label (float32) and the layer of each row.
+
+  As `batch.pd_fa_thresholds`: a threshold already on the curve is labelled
+  once (computed here on the host, without a device round trip).
+  """
+  curve = stats.pd_fa_thresholds
+  if stats.threshold in curve:
+    return (np.asarray(curve, np.float32),
+            np.asarray([curve.index(stats.threshold)] + list(range(len(curve)))))
+  return (np.asarray((stats.threshold,) + curve, np.float32),
+          np.arange(1 + len(curve)))
 
 
 # -- the device stages of `update` -------------------------------------------
