@@ -46,3 +46,16 @@ def fail(error: BaseException, argv, permission_hint: str = MAIN_PERMISSION_HINT
   if wants_traceback(argv) or not isinstance(error, USER_ERRORS):
     raise error
   sys.exit(f'Error: {one_line(error, permission_hint)} [traceback: {TRACEBACK_ENV}=1]')
+
+
+def start(argv) -> None:
+  """What every absl command does first: refuse stray arguments, quiet the logs.
+
+  The console shows progress bars and result lines; libraries' INFO logs
+  (orbax saves, TFDS) would drown them. --verbosity=0 brings them back.
+  """
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

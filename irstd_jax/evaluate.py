@@ -273,10 +273,7 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   try:
     if bool(FLAGS.masks) == bool(FLAGS.dataset):
       raise ValueError('Give the ground truth as --masks=DIR or as --dataset=NAME '

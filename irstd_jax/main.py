@@ -59,12 +59,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    # The console shows the progress bar and per-epoch lines; libraries' INFO
-    # logs (orbax saves, TFDS) would drown them. --verbosity=0 brings them back.
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   try:
     sharding.initialize_distributed()
     logging.info('JAX %s: process %d of %d, devices %s', jax.__version__,

@@ -390,10 +390,7 @@ def build_predictor() -> inference.Predictor:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   try:
     inputs = find_inputs(FLAGS.input)
     predictor = build_predictor()
