@@ -34,6 +34,11 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Batches of stacked seeds (seeds, batch, ...): each seed's batch split over 'data'."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
+
+
 def global_array(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
   """A global array from a host array that every process holds in full.
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from flax import nnx
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from irstd_jax import losses
@@ -88,8 +89,8 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
 
 
 def make_train_step(model: nnx.Module, optimizer: nnx.Optimizer,
-                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                    ) -> tuple[Callable[..., Any], dict[str, Any]]:
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+                    stacked: bool = False) -> tuple[Callable[..., Any], dict[str, Any]]:
   """Splits model and optimizer and binds the train step to them and to `mesh`.
 
   Args:
@@ -97,17 +98,42 @@ def make_train_step(model: nnx.Module, optimizer: nnx.Optimizer,
     optimizer: its optimizer.
     config: the run's config (its loss).
     mesh: the device mesh; state is replicated, batches sharded on 'data'.
+    stacked: the step trains models stacked along a leading axis of the state
+      and of the batch (seeds, `stack`), `jax.vmap` of the single step.
 
   Returns:
-    `step(state, batch) -> (state, outputs)` and the initial state,
-    replicated on `mesh`.
+    `step(state, batch) -> (state, outputs)` and the initial state of
+    `model` and `optimizer`, replicated on `mesh`.
   """
   step = functools.partial(
-      jitted(train_step, mesh.devices.flat[0].platform, donate_argnums=(0,),
-             static_argnames=('graphdefs', 'loss_options', 'mesh')),
+      jitted(stacked_train_step if stacked else train_step, mesh.devices.flat[0].platform,
+             donate_argnums=(0,), static_argnames=('graphdefs', 'loss_options', 'mesh')),
       graphdefs=(nnx.graphdef(model), nnx.graphdef(optimizer)),
       loss_options=(config.loss.reduction, float(config.loss.smooth)), mesh=mesh)
   return step, create_state(model, optimizer, mesh)
+
+
+def stacked_train_step(state: dict[str, Any], batch: dict[str, jax.Array], **kwargs
+                       ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """`train_step` for every model of a stacked state, on its own batch (leading axis)."""
+  return jax.vmap(functools.partial(train_step, **kwargs))(state, batch)
+
+
+def stack(states: list[Any], mesh: jax.sharding.Mesh) -> Any:
+  """Trees of equal structure -> one tree with a leading axis, replicated on `mesh`."""
+  stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
+  return jax.device_put(stacked, sharding.replicated(mesh))
+
+
+def unstack(state: Any, index: int) -> Any:
+  """Member `index` of a stacked tree."""
+  return jax.tree.map(lambda leaf: leaf[index], state)
+
+
+def stack_batches(batches: list[dict[str, Any]]) -> dict[str, Any]:
+  """Host batches of the stacked models -> one batch with a leading axis."""
+  return {key: np.stack([b[key] for b in batches])
+          for key, value in batches[0].items() if isinstance(value, np.ndarray)}
 
 
 def create_state(model: nnx.Module, optimizer: nnx.Optimizer,

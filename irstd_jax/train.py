@@ -16,6 +16,8 @@ reduction order). Hosts each read their own slice of every batch.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -255,6 +257,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     dict with 'final' and 'best' ({'epoch', 'step', 'metrics'}), 'num_params'
     and 'steps'.
   """
+  return train_seeds(config, {int(config.seed): workdir}, devices=devices)[0]
+
+
+@dataclasses.dataclass
+class _Run:
+  """One seed's share of a (possibly stacked) training: its data, logs and checkpoints."""
+  seed: int
+  workdir: str
+  train_iter: Any
+  checkpoints: checkpointing.Checkpoints
+  writer: Any = None
+  best: Any = None
+  last_eval: Any = None
+  final_examples: Any = None
+  resumed_losses: list[float] = dataclasses.field(default_factory=list)
+  epoch_losses: list[float] = dataclasses.field(default_factory=list)
+
+
+def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
+                devices: list[jax.Device] | None = None) -> list[dict[str, Any]]:
+  """Trains one run per seed, all seeds as one program (`jax.vmap` over the state).
+
+  Each seed's run is the run `train_and_evaluate` makes with `config.seed`
+  set to it (same initialisation, batches, checkpoints, logs and summary in
+  its own workdir), up to float32 reduction order: the seeds' models are
+  stacked along a leading axis and one compiled step trains them all, which
+  keeps a device busy that one small model leaves idle. With one seed nothing
+  is stacked. Stacked seeds must be at the same step (all new, or all
+  checkpointed together).
+
+  Args:
+    config: as for `train_and_evaluate`; its `seed` is replaced by each seed.
+    workdirs: seed -> workdir.
+    devices: the devices to train on (default: all); each step's batch is
+      split over them, for every seed.
+
+  Returns:
+    `train_and_evaluate`'s dict for each seed, in the order of `workdirs`.
+  """
   mesh = sharding.create_mesh(devices)
   is_chief = jax.process_index() == 0
   if config.input.batch_size % mesh.size:
@@ -266,52 +307,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_epochs = int(config.schedule.num_epochs)
   total_steps = num_epochs * steps_per_epoch
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
-
-  model = create_model(config)
-  num_params = count_params(model)
-  train_step, state = steps.make_train_step(
-      model, create_optimizer(model, config, learning_rate_fn), config, mesh)
-  evaluator = evaluation.Evaluator(config, eval_source, mesh, model)
   description = model_description(config)
-  checkpoints = checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
-      best_metric=config.eval.best_metric)
-  train_iter = create_train_iterator(config, train_source)
+  stacked = len(workdirs) > 1
 
-  step, best, last_eval, final_examples, resumed_losses = 0, None, None, None, []
-  latest = checkpoints.latest_step()
+  runs, states, model = [], [], None
+  for seed, workdir in workdirs.items():
+    seed_config = _with_seed(config, seed)
+    model = create_model(seed_config)
+    optimizer = create_optimizer(model, config, learning_rate_fn)
+    if not states:
+      train_step, first_state = steps.make_train_step(model, optimizer, config, mesh,
+                                                      stacked=stacked)
+      states.append(first_state)
+    else:
+      states.append(steps.create_state(model, optimizer, mesh))
+    runs.append(_Run(seed, workdir, create_train_iterator(seed_config, train_source),
+                     checkpointing.Checkpoints(
+                         os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+                         best_metric=config.eval.best_metric)))
+  num_params = count_params(model)
+  evaluator = evaluation.Evaluator(config, eval_source, mesh, model)
+
+  latest = {run.checkpoints.latest_step() for run in runs}
+  if len(latest) > 1:
+    raise ValueError(
+        f'Seeds {list(workdirs)} are at different steps ({sorted(latest, key=str)}) '
+        'and cannot be trained stacked: train them one by one.')
+  (latest,) = latest
+  step = 0
   if latest is not None:
-    _check_compatible(checkpoints.restore_meta(latest), description, workdir,
-                      steps_per_epoch)
-    state, meta = _restore(checkpoints, latest, state, workdir)
-    train_iter.set_state(meta['input_state'])
-    step, best, last_eval = meta['step'], meta['best'], meta['last_eval']
-    resumed_losses = meta.get('epoch_losses', [])
-    logging.info('Resumed from %s at step %d.', checkpoints.directory, step)
+    for i, run in enumerate(runs):
+      _check_compatible(run.checkpoints.restore_meta(latest), description, run.workdir,
+                        steps_per_epoch)
+      states[i], meta = _restore(run.checkpoints, latest, states[i], run.workdir)
+      run.train_iter.set_state(meta['input_state'])
+      step, run.best, run.last_eval = meta['step'], meta['best'], meta['last_eval']
+      run.resumed_losses = meta.get('epoch_losses', [])
+      logging.info('Resumed from %s at step %d.', run.checkpoints.directory, step)
+  state = steps.stack(states, mesh) if stacked else states[0]
+  del states
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, resume_step=step if latest is not None else None)
-  if is_chief:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    if step == 0:
-      writer.write_hparams(_flatten(config.to_dict()))
-      writer.flush()
-  _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps,
-                workdir if is_chief else None)
+  for run in runs:
+    run.writer = metric_writers.create_default_writer(
+        run.workdir, just_logging=not is_chief,
+        resume_step=step if latest is not None else None)
+    if is_chief:
+      os.makedirs(run.workdir, exist_ok=True)
+      with open(os.path.join(run.workdir, 'config.json'), 'w', encoding='utf-8') as f:
+        f.write(_with_seed(config, run.seed).to_json_best_effort(indent=2))
+      if step == 0:
+        run.writer.write_hparams(_flatten(_with_seed(config, run.seed).to_dict()))
+        run.writer.flush()
+    _log_overview(model, num_params, mesh, len(train_source), steps_per_epoch, total_steps,
+                  run.workdir if is_chief else None)
   _print(f'{config.model.name}: {num_params / 1e6:.3f} M parameters; '
          f'{len(train_source)} training images, {steps_per_epoch} steps per epoch, '
          f'{num_epochs} epochs ({total_steps} steps) on {mesh.size} device(s)'
+         + (f'; seeds {list(workdirs)} stacked' if stacked else '')
          + (f'; resuming at step {step}' if step else '') + '.')
 
-  def save(epoch, scalars, epoch_losses=()):
-    meta = {'step': step, 'epoch': epoch, 'input_state': train_iter.get_state(),
-            'best': best, 'last_eval': last_eval, 'model': description,
-            'input': _input_description(config), 'epoch_losses': list(epoch_losses),
-            'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
-    checkpoints.save(step, state, meta, metrics=scalars)
+  def member(i):
+    return steps.unstack(state, i) if stacked else state
 
+  def save(epoch, scalars_by_run=None):
+    for i, run in enumerate(runs):
+      meta = {'step': step, 'epoch': epoch, 'input_state': run.train_iter.get_state(),
+              'best': run.best, 'last_eval': run.last_eval, 'model': description,
+              'input': _input_description(config), 'epoch_losses': list(run.epoch_losses),
+              'steps_per_epoch': steps_per_epoch, 'seed': run.seed}
+      run.checkpoints.save(step, member(i), meta,
+                           metrics=scalars_by_run[i] if scalars_by_run else None)
+
+  batch_sharding = (sharding.stacked_batch_sharded(mesh) if stacked
+                    else sharding.batch_sharded(mesh))
   save_every = 60 * float(config.checkpoint.get('every_minutes') or 0)
   last_save, compiled = time.monotonic(), False
   progress = _progress_bar(total_steps, step, is_chief)
@@ -320,12 +388,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       epoch = step // steps_per_epoch + 1
       epoch_end = epoch * steps_per_epoch
       pending, pending_first, shown = [], step + 1, step
-      # A run resumed inside an epoch keeps that epoch's earlier losses.
-      epoch_losses = list(resumed_losses) if step % steps_per_epoch else []
-      resumed_losses, timed_steps, train_seconds = [], 0, 0.0
+      for run in runs:  # A run resumed inside an epoch keeps that epoch's earlier losses.
+        run.epoch_losses = list(run.resumed_losses) if step % steps_per_epoch else []
+        run.resumed_losses = []
+      timed_steps, train_seconds = 0, 0.0
       while step < epoch_end:
         started = time.perf_counter()
-        batch = input_pipeline.shard_batch(next(train_iter), sharding.batch_sharded(mesh))
+        batches = [next(run.train_iter) for run in runs]
+        batch = steps.stack_batches(batches) if stacked else batches[0]
+        batch = input_pipeline.shard_batch(batch, batch_sharding)
         if not compiled:
           progress.set_description_str('compiling the train step')
         state, outputs = train_step(state, batch)
@@ -338,12 +409,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         due = step % config.log_every_steps == 0 or step == epoch_end
         save_due = save_every and time.monotonic() - last_save >= save_every
         if due or save_due:
-          values = np.asarray(sharding.to_host(pending), np.float64)
-          _check_finite(values, pending_first, checkpoints, workdir)
-          epoch_losses.extend(values.tolist())
+          # (steps,) for one seed, (steps, seeds) stacked.
+          values = np.asarray(sharding.to_host(pending), np.float64).reshape(len(pending), -1)
+          for i, run in enumerate(runs):
+            _check_finite(values[:, i], pending_first, run.checkpoints, run.workdir)
+            run.epoch_losses.extend(values[:, i].tolist())
           progress.update(step - shown)
           shown = step
-          progress.set_postfix(loss=f'{values[-1]:.4f}', epoch=epoch, refresh=False)
+          progress.set_postfix(loss=' '.join(f'{v:.4f}' for v in values[-1]), epoch=epoch,
+                               refresh=False)
           pending, pending_first = [], step + 1
         if compiled:  # The first step's compilation is not training time.
           train_seconds += time.perf_counter() - started
@@ -354,61 +428,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           progress.set_description_str('')
           progress.unpause()
         if save_due and step < epoch_end:  # At the epoch's end the epoch saves.
-          save(epoch, None, epoch_losses)
+          save(epoch)
           last_save = time.monotonic()
           progress.unpause()
       steps_per_second = timed_steps / train_seconds if train_seconds else math.nan
-      train_scalars = {
-          'train/loss': float(np.mean(epoch_losses)),
-          'train/learning_rate': float(learning_rate_fn(step - 1)),
-          'train/grad_norm': float(sharding.to_host(outputs['grad_norm'])),
-          'train/steps_per_second': steps_per_second,
-          'epoch': epoch}
-      writer.write_scalars(step, train_scalars)
+      grad_norms = np.asarray(sharding.to_host(outputs['grad_norm']), np.float64).reshape(-1)
       remaining = (total_steps - step) / steps_per_second
-      line = (f'epoch {epoch}/{num_epochs}  step {step}  loss {train_scalars["train/loss"]:.4f}  '
-              f'lr {train_scalars["train/learning_rate"]:.2e}  '
-              f'{steps_per_second:.2f} steps/s  ETA {_duration(remaining)}')
-
-      scalars = None
-      if config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs):
-        result = evaluator.run(state['model'], num_examples=max(
-            config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0),
-                               show_progress=is_chief)
-        if epoch == num_epochs:
-          final_examples = result.examples  # For the overlays: no second pass.
-        scalars = result.scalars
-        last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
-        if _is_better(scalars, best, config.eval.best_metric):
-          best = last_eval
-        _write_eval(writer, step, config, result, is_chief)
-        line += (f'\n  {config.eval.split} @ epoch {epoch}: {report.metrics_line(scalars)}'
-                 f'  (best {config.eval.best_metric} '
-                 f'{best["metrics"][config.eval.best_metric]:.4f} @ epoch {best["epoch"]})')
-      if scalars is not None or config_lib.is_epoch_due(
-          epoch, config.checkpoint.every_epochs, num_epochs):
-        save(epoch, scalars)
+      evaluate = config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs)
+      scalars_by_run, lines = [], []
+      for i, run in enumerate(runs):
+        train_scalars = {
+            'train/loss': float(np.mean(run.epoch_losses)),
+            'train/learning_rate': float(learning_rate_fn(step - 1)),
+            'train/grad_norm': float(grad_norms[i]),
+            'train/steps_per_second': steps_per_second,
+            'epoch': epoch}
+        run.writer.write_scalars(step, train_scalars)
+        line = ((f'seed {run.seed}  ' if stacked else '')
+                + f'epoch {epoch}/{num_epochs}  step {step}  '
+                f'loss {train_scalars["train/loss"]:.4f}  '
+                f'lr {train_scalars["train/learning_rate"]:.2e}  '
+                f'{steps_per_second:.2f} steps/s  ETA {_duration(remaining)}')
+        scalars = None
+        if evaluate:
+          result = evaluator.run(member(i)['model'], num_examples=max(
+              config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0),
+                                 show_progress=is_chief)
+          if epoch == num_epochs:
+            run.final_examples = result.examples  # For the overlays: no second pass.
+            if is_chief:  # Every metric, curves included (sweep figures read the ROC).
+              _write_json(os.path.join(run.workdir, f'eval_{config.eval.split}_final.json'),
+                          {'step': step, 'epoch': epoch, 'split': config.eval.split,
+                           'checkpoint': 'final',
+                           'metrics': metric_writers.to_json(result.metrics)})
+          scalars = result.scalars
+          run.last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
+          if _is_better(scalars, run.best, config.eval.best_metric):
+            run.best = run.last_eval
+          _write_eval(run.writer, step, config, result, is_chief)
+          line += (f'\n  {config.eval.split} @ epoch {epoch}: {report.metrics_line(scalars)}'
+                   f'  (best {config.eval.best_metric} '
+                   f'{run.best["metrics"][config.eval.best_metric]:.4f} @ epoch '
+                   f'{run.best["epoch"]})')
+        scalars_by_run.append(scalars)
+        lines.append(line)
+      if evaluate or config_lib.is_epoch_due(epoch, config.checkpoint.every_epochs, num_epochs):
+        save(epoch, scalars_by_run)
         last_save = time.monotonic()
-      writer.flush()
+      for run in runs:
+        run.writer.flush()
       progress.unpause()  # Evaluation and saving are not training time.
-      progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
-    _report_final(config, workdir, writer, last_eval, best, num_params)
-    if config.eval.num_overlays:
-      limit = _overlay_limit(config)
-      if final_examples is None:  # A finished run started again: predict once more.
-        final_examples = evaluator.predict(state['model'], limit)
-      if is_chief:
-        report.write_overlays(final_examples[:limit], os.path.join(
-            workdir, 'predictions', f'final_{config.eval.split}'), config.eval.threshold)
-    _print(f'\nCheckpoints: {checkpoints.directory} (steps {checkpoints.all_steps()}, '
-           f'best {checkpoints.best_step()}).')
-    return {'final': last_eval, 'best': best, 'num_params': num_params,
-            'steps': checkpoints.latest_step()}
+      for line in lines:
+        progress.write(line) if is_chief else logging.info(line)  # pylint: disable=expression-not-assigned
+    reports = []
+    for i, run in enumerate(runs):
+      _report_final(config, run.workdir, run.writer, run.last_eval, run.best, num_params)
+      if config.eval.num_overlays:
+        limit = _overlay_limit(config)
+        if run.final_examples is None:  # A finished run started again: predict once more.
+          run.final_examples = evaluator.predict(member(i)['model'], limit)
+        if is_chief:
+          report.write_overlays(run.final_examples[:limit], os.path.join(
+              run.workdir, 'predictions', f'final_{config.eval.split}'),
+                                config.eval.threshold)
+      run.checkpoints.wait()
+      _print(f'\nCheckpoints: {run.checkpoints.directory} (steps '
+             f'{run.checkpoints.all_steps()}, best {run.checkpoints.best_step()}).')
+      reports.append({'final': run.last_eval, 'best': run.best, 'num_params': num_params,
+                      'steps': run.checkpoints.latest_step()})
+    return reports
   finally:
     progress.close()
-    train_iter.close()
-    writer.close()
-    checkpoints.close()  # Waits for the last save.
+    for run in runs:
+      run.train_iter.close()
+      if run.writer is not None:
+        run.writer.close()
+      run.checkpoints.close()  # Waits for the last save.
+
+
+def _write_json(path: str, content: Any) -> None:
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(content, f, indent=1)
+
+
+def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  if int(config.seed) == seed:
+    return config
+  config = copy.deepcopy(config)
+  config.seed = seed
+  return config
 
 
 def _input_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -489,10 +597,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   if jax.process_index() == 0:
     report.write_overlays(result.examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
                           config.eval.threshold)
-    with open(os.path.join(workdir, f'eval_{split}_{name}.json'), 'w', encoding='utf-8') as f:
-      json.dump({'step': step, 'epoch': meta['epoch'], 'split': split,
+    _write_json(os.path.join(workdir, f'eval_{split}_{name}.json'),
+                {'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint),
-                 'metrics': metric_writers.to_json(result.metrics)}, f, indent=1)
+                 'metrics': metric_writers.to_json(result.metrics)})
   _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
                               count_params(model)))
   return {**result.metrics, 'step': step, 'epoch': meta['epoch']}
