@@ -1,0 +1,202 @@
+"""Sweeps: stacked seeds equal solo runs; a sweep resumes, isolates failures, reports.
+
+The in-process cases use test_train's tiny U-Net config (compiled once per
+module); the command-line case runs a real `:quick` sweep file on 4 fake CPU
+devices, kills it and reruns it.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from irstd_jax import checkpointing
+from irstd_jax import train
+from irstd_jax.sweeps import runner
+from irstd_jax.sweeps import spec
+from irstd_jax.sweeps import table
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compilation():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  """The tiny config, 2 epochs, no overlays."""
+  directory = tmp_path_factory.mktemp('tiny')
+  path = directory / 'tiny.py'
+  path.write_text(test_train.TINY_CONFIG)
+  config = test_train.tiny_config(path, str(directory / 'tfds'), 'epochs=2')
+  config.eval.num_overlays = 0
+  return config
+
+
+def _restore(workdir):
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  step = checkpoints.latest_step()
+  path = os.path.join(checkpoints.directory, str(step), 'state')
+  checkpoints.close()
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
+
+
+def test_stacked_seeds_equal_their_solo_runs(tiny, tmp_path):
+  # SGD: Adam turns the float32 noise of zero gradients (a conv bias before batch
+  # norm) into steps of the learning rate, which would hide a real difference.
+  tiny = tiny.copy_and_resolve_references()
+  tiny.optimizer.name, tiny.optimizer.learning_rate = 'sgd', 0.1
+  tiny.schedule.decay_epochs = ()
+  stacked = train.train_seeds(tiny, {1: str(tmp_path / 's1'), 2: str(tmp_path / 's2')})
+  for i, seed in enumerate((1, 2)):
+    config = tiny.copy_and_resolve_references()
+    config.seed = seed
+    solo = train.train_and_evaluate(config, str(tmp_path / f'solo{seed}'))
+    # Same initialisation and batches: the states differ by float32 reduction order only.
+    for a, b in zip(jax.tree.leaves(_restore(str(tmp_path / f'solo{seed}'))),
+                    jax.tree.leaves(_restore(str(tmp_path / f's{seed}')))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_losses(str(tmp_path / f's{seed}')),
+                               _losses(str(tmp_path / f'solo{seed}')), rtol=1e-5)
+    for key in ('miou', 'niou', 'pd', 'fa', 'f1'):
+      np.testing.assert_allclose(stacked[i]['final']['metrics'][key],
+                                 solo['final']['metrics'][key], rtol=1e-2, atol=1e-6)
+    # Each stacked seed's workdir is an ordinary run: eval mode reads it.
+    assert os.path.exists(tmp_path / f's{seed}' / 'summary.md')
+  # The two seeds really differ (each got its own initialisation and data order).
+  assert _losses(str(tmp_path / 's1')) != _losses(str(tmp_path / 's2'))
+
+
+def _tiny_sweep(tiny, rows, seeds=(0, 1)):
+  return spec.Sweep('tiny table', tiny, rows, seeds,
+                    paper={rows[0].name: dict(miou=50.0)})
+
+
+def test_failed_trials_do_not_stop_the_others_and_are_retried(tiny, tmp_path):
+  good = spec.row('good')
+  bad = spec.row('bad', model__options__no_such_option=1)  # Fails when built.
+  sweep = _tiny_sweep(tiny, [good, bad])
+  errors = runner.run(sweep, str(tmp_path), show_progress=False)
+  assert len(errors) == 1 and errors[0].startswith('bad seeds [0, 1]:')
+  state = runner.status(sweep, str(tmp_path))
+  assert sorted(state['done']) == [('good', 0), ('good', 1)]
+  assert sorted(state['failed']) == [('bad', 0), ('bad', 1)]
+  assert 'Traceback' in (tmp_path / 'bad' / 'console.log').read_text()
+  finished = (tmp_path / 'good' / 'seed_0' / runner.TRIAL_FILE).stat().st_mtime_ns
+  # Fixed and rerun: only the failed row trains again.
+  fixed = _tiny_sweep(tiny, [good, spec.row('bad', model__options__base_channels=4)])
+  assert runner.run(fixed, str(tmp_path), show_progress=False) == []
+  assert (tmp_path / 'good' / 'seed_0' / runner.TRIAL_FILE).stat().st_mtime_ns == finished
+  assert len(runner.status(fixed, str(tmp_path))['done']) == 4
+
+
+def test_workers_split_the_units_and_the_table_reads_every_trial(tiny, tmp_path):
+  rows = [spec.row('a'), spec.row('b', optimizer__learning_rate=3e-3)]
+  sweep = _tiny_sweep(tiny, rows)
+  all_units = runner.units(sweep, stack_seeds=False)
+  shares = [runner.share(all_units, w, 3) for w in range(3)]
+  assert sorted((u.row.name, u.seeds) for s in shares for u in s) == sorted(
+      (u.row.name, u.seeds) for u in all_units)
+  for worker in range(3):  # Three machines, one after another here.
+    runner.run(sweep, str(tmp_path), worker=worker, num_workers=3, stack_seeds=False,
+               show_progress=False)
+  table.write(sweep, str(tmp_path))
+  with open(tmp_path / 'table.csv', encoding='utf-8') as f:
+    records = list(csv.DictReader(f))
+  for record in records:
+    r = next(x for x in rows if x.name == record['row'])
+    for key, _, scale in table.COLUMNS:
+      values = [runner.read_trial(spec.trial_dir(str(tmp_path), r, s))[record['protocol']]
+                ['metrics'][key] * scale for s in (0, 1)]
+      assert float(record[f'{key}_mean']) == pytest.approx(np.mean(values), rel=1e-12)
+      assert float(record[f'{key}_std']) == pytest.approx(np.std(values, ddof=1), rel=1e-9)
+  md = (tmp_path / 'table.md').read_text()
+  assert '| a | 2 |' in md and 'mIoU 50' in md and '## Best epoch' in md
+  assert (tmp_path / 'table.png').stat().st_size > 10_000
+
+
+def test_sweep_files_load_with_their_rows():
+  for path, rows in (('ganet_table2.py', 4), ('ganet_dilations.py', 3),
+                     ('gglnet_tables.py:table=1', 6), ('gglnet_tables.py:table=2', 3),
+                     ('gglnet_tables.py:table=3', 4), ('gglnet_tables.py:table=r', 5)):
+    for arg in ('', ',quick' if ':' in path else ':quick'):
+      sweep = spec.load(str(REPO / 'configs' / 'sweeps' / path) + arg)
+      assert len(sweep.rows) == rows and sweep.seeds == (0, 1, 2)
+      assert (sweep.base.dataset.name == 'irstd_synthetic') == bool(arg)
+  with pytest.raises(ValueError, match="no field 'model.optionz.x'"):
+    spec.Sweep('t', spec.load(str(REPO / 'configs/sweeps/ganet_table2.py')).base,
+               [spec.row('x', model__optionz__x=1)])
+
+
+QUICK = 'configs/sweeps/ganet_table2.py:quick,rows=2,seeds=2,epochs=2'
+# 16 training images: 4 steps per epoch. The second run reads its compiled
+# programs from the first's persistent cache.
+SETTINGS = ('--set=dataset.options.num_train=16', '--set=dataset.options.num_test=4')
+
+
+def _sweep_command(workdir):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'xla_cache'))
+  return subprocess.Popen(
+      [sys.executable, '-m', 'irstd_jax.sweep', f'--sweep={QUICK}', *SETTINGS,
+       f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def test_quick_sweep_on_four_devices_survives_a_kill(tmp_path):
+  workdir = tmp_path / 'sweep'
+  process = _sweep_command(workdir)
+  deadline = time.time() + 600
+  # Killed once a row has its first checkpoint (mid-training: 2 epochs).
+  while not list(workdir.glob('*/seed_*/checkpoints/[0-9]*')) and time.time() < deadline:
+    if process.poll() is not None:
+      break
+    time.sleep(0.5)
+  assert process.poll() is None, process.stdout.read()
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not list(workdir.glob('*/seed_*/trial.json'))  # Nothing had finished.
+  process = _sweep_command(workdir)
+  output, _ = process.communicate(timeout=600)
+  assert process.returncode == 0, output
+  assert '4 done, 0 failed, 0 started, 0 new trials.' in output
+  logs = ''.join(p.read_text() for p in workdir.glob('*/console.log'))
+  assert 'resuming at step 4' in logs  # The killed rows continued from their checkpoints.
+  sweep = spec.load(str(REPO / QUICK))
+  records = {(r.name, s): runner.read_trial(spec.trial_dir(str(workdir), r, s))
+             for r in sweep.rows for s in sweep.seeds}
+  # Both rows ran at once, each on its own device, to the end (step 8 of 2 epochs).
+  assert len({tuple(x['devices']) for x in records.values()}) == 2
+  for (name, seed), record in records.items():
+    assert record['final']['step'] == 8 and record['stacked_with'] == [0, 1]
+    # The table's cells are the trials' own metrics (summary.md of each run).
+    with open(os.path.join(spec.trial_dir(str(workdir), spec.row(name), seed),
+                           'metrics.jsonl'), encoding='utf-8') as f:
+      logged = [json.loads(line) for line in f]
+    assert any(r.get('final/test/miou') == record['final']['metrics']['miou'] for r in logged)
+  entry = table.rows(sweep, str(workdir), 'final')[0]
+  values = [records[(sweep.rows[0].name, s)]['final']['metrics']['miou'] * 100 for s in (0, 1)]
+  assert entry['miou'] == pytest.approx((np.mean(values), np.std(values, ddof=1)))
+  assert (workdir / 'table.md').exists() and (workdir / 'table.png').exists()
