@@ -2,8 +2,8 @@ r"""Runs a sweep: `python -m irstd_jax.sweep --sweep=configs/sweeps/NAME.py --wo
 
 Every (row, seed) of the sweep file is an ordinary training run in
 DIR/<row>/seed_<seed> (checkpoints, logs, summary, resume as irstd_jax.main).
-A row's seeds train stacked as one program on one slot of devices; rows run
-concurrently, one per slot. Rerunning the command continues where it stopped
+On GPU / TPU a row's seeds train stacked as one program on one slot of
+devices; units (rows, or single trials) run concurrently, one per slot. Rerunning the command continues where it stopped
 and retries failed trials. When the trials are done (or with --report, at any
 time) it writes DIR/table.md, table.csv and table.png.
 
@@ -26,8 +26,10 @@ flags.DEFINE_string('workdir', None, 'Directory of the sweep: one sub-directory 
 flags.DEFINE_integer('worker', None, 'This machine\'s index (default: Slurm array task, or 0).')
 flags.DEFINE_integer('num_workers', None, 'How many machines share the sweep (default: '
                      'Slurm array size, or 1).')
-flags.DEFINE_bool('stack_seeds', True, 'Train a row\'s seeds as one program (jax.vmap); '
-                  'off: every trial alone, spread over the device slots.')
+flags.DEFINE_enum('stack_seeds', 'auto', ['auto', 'yes', 'no'],
+                  'Train a row\'s seeds as one program (jax.vmap), or every trial alone. '
+                  'auto: yes on GPU / TPU, no on CPU (where XLA runs the stacked '
+                  'convolutions slower than one after another; docs/sweeps.md).')
 flags.DEFINE_multi_string('set', [], 'A config field for every trial, e.g. '
                           '--set=dataset.source_dir=PATH (repeatable).')
 flags.DEFINE_bool('report', False, 'Only write the table from the finished trials.')
@@ -47,7 +49,9 @@ def main(argv):
       worker = worker if FLAGS.worker is None else FLAGS.worker
       num_workers = num_workers if FLAGS.num_workers is None else FLAGS.num_workers
       failed = sweeps.runner.run(sweep, FLAGS.workdir, worker=worker,
-                                 num_workers=num_workers, stack_seeds=FLAGS.stack_seeds)
+                                 num_workers=num_workers,
+                                 stack_seeds={'auto': None, 'yes': True, 'no': False}[
+                                     FLAGS.stack_seeds])
     paths = sweeps.table.write(sweep, FLAGS.workdir)
     with open(paths[0], encoding='utf-8') as f:
       print(f.read())

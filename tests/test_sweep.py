@@ -163,7 +163,7 @@ def _sweep_command(workdir):
              JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'xla_cache'))
   return subprocess.Popen(
       [sys.executable, '-m', 'irstd_jax.sweep', f'--sweep={QUICK}', *SETTINGS,
-       f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+       '--stack_seeds=yes', f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True)
 
 

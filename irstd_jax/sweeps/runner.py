@@ -187,14 +187,27 @@ def _train_group(sweep, workdir, row, seeds, devices, log) -> list[str]:
 
 
 def run(sweep: spec.Sweep, workdir: str, *, worker: int = 0, num_workers: int = 1,
-        stack_seeds: bool = True, devices: list[jax.Device] | None = None,
+        stack_seeds: bool | None = None, devices: list[jax.Device] | None = None,
         show_progress: bool = True) -> list[str]:
   """Runs this worker's share of the sweep's unfinished trials.
+
+  Args:
+    sweep: the sweep.
+    workdir: its directory (one sub-directory per trial).
+    worker: this process's index among `num_workers`.
+    num_workers: processes sharing the sweep (each takes every N-th unit).
+    stack_seeds: train a row's seeds stacked; None: on GPU / TPU only (on the
+      CPU, XLA runs the vmapped convolutions slower than seeds one after
+      another: benchmarks/stacked_seeds.py).
+    devices: the devices to use (default: this process's).
+    show_progress: a bar over the trials.
 
   Returns:
     One line per failed trial group (empty when all succeeded).
   """
   devices = devices or jax.local_devices()
+  if stack_seeds is None:
+    stack_seeds = devices[0].platform != 'cpu'
   mine = share(units(sweep, stack_seeds), worker, num_workers)
   pending = [u for u in mine
              if not all(is_done(spec.trial_dir(workdir, u.row, s)) for s in u.seeds)]
