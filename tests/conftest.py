@@ -72,6 +72,7 @@ SLOW = (
     'test_benchmarks.py::test_run_command_smoke',
     'test_sweep.py::test_quick_sweep_on_four_devices_survives_a_kill',
     'test_sweep.py::test_stacked_seeds_equal_their_solo_runs',
+    'test_sweep.py::test_every_sweep_row_builds_its_model',
     'test_sweep.py::test_workers_split_the_units_and_the_table_reads_every_trial',
 )
 
