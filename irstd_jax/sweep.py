@@ -12,6 +12,7 @@ in a Slurm job array, which sets them) on a shared DIR; each takes every N-th
 row; `--report` on any machine reads everyone's results.
 """
 
+import os
 import sys
 
 from absl import app
@@ -61,6 +62,10 @@ def main(argv):
     if failed:
       sys.exit(f'Error: {len(failed)} trial group(s) failed:\n  ' + '\n  '.join(failed)
                + '\nRerun the same command to retry them (finished trials are kept).')
+  except KeyboardInterrupt:
+    print('\nInterrupted: rerun the same command to continue (finished trials are kept, '
+          'the others resume from their last checkpoint).', file=sys.stderr, flush=True)
+    os._exit(130)  # Training threads cannot be joined quickly; checkpoints are atomic.
   except Exception as error:  # pylint: disable=broad-except
     cli.fail(error, sys.argv, permission_hint='choose a writable --workdir')
 

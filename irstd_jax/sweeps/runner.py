@@ -240,10 +240,11 @@ def run(sweep: spec.Sweep, workdir: str, *, worker: int = 0, num_workers: int = 
             free.append(slot)
             lock.notify()
 
-      with concurrent.futures.ThreadPoolExecutor(len(device_slots)) as pool:
-        futures = {pool.submit(work, u): u for u in pending}
-        running = lambda: sum(f.running() for f in futures)  # pylint: disable=unnecessary-lambda-assignment
-        bar.set_postfix(running=min(len(pending), len(device_slots)), failed=0)
+      pool = concurrent.futures.ThreadPoolExecutor(len(device_slots))
+      futures = {pool.submit(work, u): u for u in pending}
+      running = lambda: sum(f.running() for f in futures)  # pylint: disable=unnecessary-lambda-assignment
+      bar.set_postfix(running=min(len(pending), len(device_slots)), failed=0)
+      try:
         for future in concurrent.futures.as_completed(futures):
           unit = futures[future]
           unit_errors = future.result()
@@ -252,6 +253,10 @@ def run(sweep: spec.Sweep, workdir: str, *, worker: int = 0, num_workers: int = 
             bar.write(f'FAILED {line}')
           bar.update(len(unit.seeds))
           bar.set_postfix(running=running(), failed=len(errors))
+      finally:
+        # On Ctrl-C, queued units are dropped; running ones cannot be stopped
+        # from here (the command exits the process; checkpoints keep their work).
+        pool.shutdown(wait=not sys.exc_info()[0], cancel_futures=True)
   finally:
     sys.stdout, sys.stderr = saved
     tqdm.tqdm.monitor_interval = monitor
