@@ -71,6 +71,7 @@ SLOW = (
     'test_predict.py::test_command_lines_exit_status_and_messages',
     'test_benchmarks.py::test_conv_layers_step_inventories_the_train_step',
     'test_benchmarks.py::test_run_command_smoke',
+    'test_notebooks.py::test_notebook_runs_at_smoke_size',
 )
 
 
