@@ -82,6 +82,8 @@ def _console(text: str) -> str:
   text = _PROGRESS_BAR.sub('', text)
   lines = [line.rstrip('\r').split('\r')[-1].rstrip() for line in text.split('\n')]
   lines = [re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', line) for line in lines]
+  # What a cleared bar leaves before the next line (stderr and stdout interleave).
+  lines = [re.sub(r'^ {20,}', '', line) for line in lines]
   lines = [line for line in lines if line.strip()]
   if len(lines) > MAX_STREAM_LINES:
     half = MAX_STREAM_LINES // 2
