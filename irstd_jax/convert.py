@@ -83,8 +83,13 @@ def _torch_layout(model: nnx.Module) -> dict[str, tuple[tuple, _Converter, _Conv
   return layout
 
 
-def _load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A state dict file: .npz (numpy, official names) or a torch .pth."""
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A state dict file as official names -> numpy arrays.
+
+  `.npz` (numpy, arrays as stored) or a torch `.pth` (needs torch; float32):
+  a state dict, or a checkpoint holding one under 'state_dict', 'model' or
+  'net'. DataParallel's 'module.' prefix is removed.
+  """
   if str(path).endswith('.npz'):
     with np.load(path) as data:
       return {k.removeprefix('module.'): data[k] for k in data.files}
@@ -120,7 +125,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any] | str | os.
     (`num_batches_tracked`).
   """
   if isinstance(state_dict, (str, os.PathLike)):
-    state_dict = _load_pth(state_dict)
+    state_dict = read_state_dict(state_dict)
   unused_patterns = [re.compile(p) for p in getattr(model, 'TORCH_UNUSED', ())]
   layout = _torch_layout(model)
   state = nnx.state(model, (nnx.Param, nnx.BatchStat))

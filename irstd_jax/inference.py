@@ -261,18 +261,24 @@ class Predictor:
     (N, H, W) / (N, H, W, C) array.
     """
     single, batch = _as_list(images)
-    probs = [p for _, _, p in self.stream(enumerate(batch),
-                                          shapes=[np.shape(i)[:2] for i in batch])]
+    probs = self._in_order(batch)
     return probs[0] if single else probs
 
   def detect(self, images: Any) -> Any:
     """`Detection`s (probabilities, mask, targets) of one image or a list."""
     single, batch = _as_list(images)
     found = []
-    for _, _, probs in self.stream(enumerate(batch), shapes=[np.shape(i)[:2] for i in batch]):
+    for probs in self._in_order(batch):
       mask = probs > np.float32(self.threshold)
       found.append(Detection(probs, mask, find_targets(mask, probs)))
     return found[0] if single else found
+
+  def _in_order(self, batch: list) -> list[np.ndarray]:
+    """The probabilities of `batch`, in its order (`stream` yields them batch
+    by batch, grouped by padded shape)."""
+    done = {key: probs for key, _, probs in self.stream(
+        enumerate(batch), shapes=[np.shape(i)[:2] for i in batch])}
+    return [done[i] for i in range(len(batch))]
 
   # -- Streams ----------------------------------------------------------------
 

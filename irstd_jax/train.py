@@ -606,6 +606,77 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   return {**result.metrics, 'step': step, 'epoch': meta['epoch']}
 
 
+def save_model(model: nnx.Module, config: ml_collections.ConfigDict, workdir: str, *,
+               metrics: dict[str, float] | None = None,
+               devices: list[jax.Device] | None = None) -> int:
+  """Writes `model` as step 0 of a new workdir, as a run of `config` would.
+
+  For weights trained elsewhere, e.g. official PyTorch weights converted with
+  `convert.from_torch`. The workdir then reads as a training run's: eval mode
+  (`evaluate_checkpoint`, `python -m irstd_jax.main --mode=eval`) scores it,
+  `inference.Predictor.from_workdir` and `python -m irstd_jax.predict
+  --workdir` predict with it, and `train_and_evaluate` on it fine-tunes from
+  it (from step 0, with a fresh optimizer state and the training stream at
+  its start).
+
+  Args:
+    model: a model of `config.model`: the variables and shapes that
+      `create_model(config)` builds.
+    config: the config the workdir stands for (as loaded; resolved here
+      against its training split, as training resolves it).
+    workdir: a folder without checkpoints; config.json and checkpoints/ are
+      written there.
+    metrics: an evaluation's scalars (holding `config.eval.best_metric`) that
+      rank the checkpoint as the best one. Without them it is only the latest:
+      score it with `checkpoint='latest'` (`--checkpoint=latest`).
+    devices: the devices of the mesh (default: all).
+
+  Returns:
+    The step written (0).
+  """
+  directory = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise IncompatibleWorkdirError(
+        f'{workdir} already holds checkpoints: save the model into a new workdir.')
+  mesh = sharding.create_mesh(devices)
+  (train_source,) = load_sources(config, config_lib.splits(config)[:1])
+  config = config_lib.resolve(config, train_source)
+  expected = nnx.eval_shape(lambda: create_model(config))
+
+  def shapes(module):
+    return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)),
+                        nnx.to_pure_dict(nnx.state(module)))
+
+  if shapes(model) != shapes(expected):
+    raise ValueError(
+        f'The model does not fit config.model ({model_description(config)}): its '
+        'variables or shapes differ. Build it with the options of the config (for '
+        'official weights: convert.from_torch(name, weights, **config.model.options)).')
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.input.batch_size)
+  train_iter = create_train_iterator(config, train_source)
+  try:
+    input_state = train_iter.get_state()
+  finally:
+    train_iter.close()
+  state = steps.create_state(
+      model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
+  meta = {'step': 0, 'epoch': 0, 'input_state': input_state, 'best': None,
+          'last_eval': None, 'model': model_description(config),
+          'input': _input_description(config), 'epoch_losses': [],
+          'steps_per_epoch': steps_per_epoch, 'seed': config.seed}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  checkpoints = checkpointing.Checkpoints(directory, keep=config.checkpoint.keep,
+                                          best_metric=config.eval.best_metric)
+  try:
+    checkpoints.save(0, state, meta, metrics=metrics)
+  finally:
+    checkpoints.close()
+  return 0
+
+
 # ---------------------------------------------------------------------------
 # Small helpers.
 

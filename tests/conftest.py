@@ -67,6 +67,7 @@ SLOW = (
     'test_train.py::test_kill_mid_epoch_loses_at_most_the_checkpoint_interval',
     'test_train.py::test_interrupted_run_resumes_to_the_same_parameters',
     'test_train.py::test_refuses_to_resume_into_another_model',
+    'test_train.py::test_save_model_makes_a_workdir_that_eval_predict_and_training_read',
     'test_predict.py::test_command_lines_exit_status_and_messages',
     'test_benchmarks.py::test_conv_layers_step_inventories_the_train_step',
     'test_benchmarks.py::test_run_command_smoke',
@@ -74,6 +75,7 @@ SLOW = (
     'test_sweep.py::test_stacked_seeds_equal_their_solo_runs',
     'test_sweep.py::test_every_sweep_row_builds_its_model',
     'test_sweep.py::test_workers_split_the_units_and_the_table_reads_every_trial',
+    'test_notebooks.py::test_notebook_runs_at_smoke_size',
 )
 
 

@@ -93,3 +93,12 @@ def test_unet_round_trip(official):
   assert set(back) == set(unet_dict)
   for name, value in unet_dict.items():
     np.testing.assert_array_equal(back[name], value, err_msg=name)
+
+
+def test_read_state_dict_reads_npz_without_torch(tmp_path):
+  path = tmp_path / 'weights.npz'
+  np.savez(path, **{'module.inc.conv1.weight': np.ones((2, 1, 3, 3), np.float16),
+                    'inc.bn1.running_var': np.arange(2.0)})
+  state_dict = convert.read_state_dict(path)
+  assert sorted(state_dict) == ['inc.bn1.running_var', 'inc.conv1.weight']
+  assert state_dict['inc.conv1.weight'].shape == (2, 1, 3, 3)

@@ -135,6 +135,25 @@ def test_any_size_bit_depth_and_colour_match_the_array_api(predicted, predictor,
     np.testing.assert_allclose(inference.uint16_to_probs(written), probs, atol=1 / 65535)
 
 
+def test_mixed_sizes_come_back_in_the_input_order():
+  """Images of several padded shapes run bucket by bucket; the lists keep their order."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from irstd_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.build('unet', base_channels=4, rngs=nnx.Rngs(0))
+  predictor = inference.Predictor(model, batch_size=2, max_shapes=2)
+  rng = np.random.default_rng(0)
+  sizes = [(70, 90), (20, 20), (64, 64), (20, 30), (30, 90)]
+  images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+  keyed = {k: p for k, _, p in predictor.stream(enumerate(images), shapes=sizes)}
+  assert list(keyed) != list(range(len(sizes)))  # the stream's own order differs
+  probs = predictor.predict(images)
+  assert [p.shape for p in probs] == sizes
+  for i, p in enumerate(probs):
+    np.testing.assert_array_equal(p, keyed[i])
+  found = predictor.detect(images)
+  assert [f.probs.shape for f in found] == sizes
+
+
 def test_components_are_eight_connected_as_the_metrics_count_them():
   mask = np.zeros((12, 12), bool)
   mask[1, 1] = mask[2, 2] = mask[3, 3] = True  # one diagonal target

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -374,6 +375,47 @@ def test_eval_mode_on_a_workdir_without_checkpoints_creates_nothing(config_file,
   with pytest.raises(FileNotFoundError, match='No checkpoints in .*train first'):
     train.evaluate_checkpoint(tiny_config(config_file, data_dir), str(empty))
   assert not empty.exists()
+
+
+def test_save_model_makes_a_workdir_that_eval_predict_and_training_read(
+    config_file, data_dir, tmp_path):
+  """A model made elsewhere (here: another seed) becomes step 0 of a workdir."""
+  from irstd_jax import inference  # pylint: disable=g-import-not-at-top
+  config = tiny_config(config_file, data_dir)
+  model = train.create_model(resolved(config), seed=7)
+  saved = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+  workdir = str(tmp_path / 'imported')
+  assert train.save_model(model, config, workdir) == 0
+  pure, meta = final_state(config, workdir, step=0)
+  jax.tree.map(np.testing.assert_array_equal, pure['model'], saved)
+  assert meta['epoch'] == 0 and meta['best'] is None
+  # Eval mode reads it; without metrics it is the latest checkpoint, not a best one.
+  result = train.evaluate_checkpoint(config, workdir, checkpoint='latest')
+  assert result['step'] == 0 and result['epoch'] == 0 and np.isfinite(result['miou'])
+  with pytest.raises(FileNotFoundError, match="No 'best' checkpoint"):
+    train.evaluate_checkpoint(config, workdir, checkpoint='best')
+  # Predict reads it: the same parameters, the run's normalisation.
+  predictor = inference.Predictor.from_workdir(workdir, checkpoint='latest')
+  jax.tree.map(np.testing.assert_array_equal,
+               nnx.to_pure_dict(nnx.state(predictor.model, nnx.Param)),
+               nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  assert (predictor.mean, predictor.std) == tuple(resolved(config).input[k]
+                                                  for k in ('mean', 'std'))
+  # Training on it fine-tunes from step 0: a run of its own, not the seed's.
+  report = train.train_and_evaluate(config, workdir)
+  assert report['steps'] == 6
+  assert [r['step'] for r in read_jsonl(workdir) if 'test/miou' in r] == [2, 4, 6]
+  # Refusals: a second save into the workdir, a model of other shapes.
+  with pytest.raises(train.IncompatibleWorkdirError, match='already holds'):
+    train.save_model(model, config, workdir)
+  other = tiny_config(config_file, data_dir)
+  other.model.options = dict(base_channels=8)
+  with pytest.raises(ValueError, match='does not fit config.model'):
+    train.save_model(model, other, str(tmp_path / 'other'))
+  # With an evaluation's metrics it is the best checkpoint too.
+  best_dir = str(tmp_path / 'best')
+  train.save_model(model, config, best_dir, metrics={'miou': result['miou']})
+  assert train.evaluate_checkpoint(config, best_dir, checkpoint='best')['step'] == 0
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
