@@ -30,7 +30,7 @@ GITHUB_OWNER = 'OWNER'
 REPOSITORY = f'https://github.com/{GITHUB_OWNER}/irstd_jax'
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = HERE / 'src'
-NAMES = ('quickstart', 'your_own_data', 'official_weights', 'metrics_explained')
+NAMES = ('quickstart', 'your_own_data', 'official_weights', 'ablation_sweep', 'metrics_explained')
 BADGE_IMAGE = 'https://colab.research.google.com/assets/colab-badge.svg'
 
 SETUP = f'''\

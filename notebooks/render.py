@@ -29,7 +29,7 @@ import nbformat
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 DOCS = REPO / 'docs' / 'notebooks'
-NAMES = ('quickstart', 'your_own_data', 'official_weights', 'metrics_explained')
+NAMES = ('quickstart', 'your_own_data', 'official_weights', 'ablation_sweep', 'metrics_explained')
 # Rendered figures larger than this fail the render: keep them small.
 MAX_PNG_BYTES = 300_000
 # Stream outputs longer than this many lines keep their first and last lines.
