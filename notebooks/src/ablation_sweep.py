@@ -4,9 +4,10 @@
 # GaNet's Table II asks what GradFormer and GFEM add to a U-Net. The paper
 # reports one run per row; here every row is trained with several seeds and
 # the table shows mean ± standard deviation, with the paper's number beside
-# ours. A row's seeds train stacked as one program (`jax.vmap` over the model
-# states); rows run concurrently when there are several devices. The same
-# runs come from the command line:
+# ours. On a GPU or TPU a row's seeds train stacked as one program
+# (`jax.vmap` over the model states; on a CPU, where that measured slower,
+# one after another), and runs go to every device at once. The same runs
+# come from the command line:
 #
 #     python -m irstd_jax.sweep --sweep=configs/sweeps/ganet_table2.py:quick --workdir=workdirs/table2_quick
 
@@ -15,7 +16,7 @@
 #
 # `IRSTD_NOTEBOOK_SMOKE=1` (the tests) runs one row, two seeds and a few
 # steps. Otherwise the `:quick` table (four rows, three seeds, the quick
-# config's synthetic scenes; about 15 minutes on two CPU cores). On an
+# config's synthetic scenes; 21 minutes measured on two loaded CPU cores). On an
 # accelerator, set `PAPER = True` for the paper's protocol on NUDT-SIRST
 # (`SOURCE_DIR`: the unpacked dataset; hours on one GPU).
 
@@ -69,7 +70,7 @@ import jax
 
 from irstd_jax.sweeps import runner
 
-print(f'{jax.device_count()} device(s): up to {jax.device_count()} rows at once')
+print(f'{jax.device_count()} device(s): up to {jax.device_count()} runs at once')
 failed = runner.run(sweep, str(WORKDIR))
 print('failed:', failed or 'none')
 
