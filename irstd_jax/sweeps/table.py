@@ -150,10 +150,12 @@ def figure(sweep: spec.Sweep, workdir: str, path: str) -> None:
   bar_ax.bar(x, means, yerr=stds, capsize=4, color='#1f77b4', label='ours (final epoch)')
   paper = [e['paper'].get('miou', np.nan) for e in entries]
   if not all(np.isnan(paper)):
-    bar_ax.scatter(x, paper, color='#d62728', zorder=3, marker='D', label='paper')
+    where = sweep.paper_note.split(',')[0]
+    bar_ax.scatter(x, paper, color='#d62728', zorder=3, marker='D',
+                   label=f'paper ({where})' if where else 'paper')
   bar_ax.set_xticks(x, [e['row'] for e in entries], rotation=20, ha='right', fontsize=8)
-  bar_ax.set(ylabel='mIoU (%)', title='mIoU, mean ± std over seeds')
-  bar_ax.legend(fontsize=8)
+  bar_ax.set(ylabel='mIoU (%)', title='mIoU, mean ± std over seeds', ylim=(0, 105))
+  bar_ax.legend(fontsize=8, loc='lower right')
   fig.suptitle(sweep.title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
