@@ -32,12 +32,8 @@ import test_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compilation():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+# test_train's module fixture: less XLA optimisation for these tiny steps.
+fast_compilation = test_train.fast_compilation
 
 
 @pytest.fixture(scope='module')
