@@ -31,7 +31,7 @@ from irstd_jax import config_lib
 def get_config(arg=None):
   """The config; `arg` is the text after ':' in --config."""
   arg = config_lib.parse_arg(arg, quick=False, dataset='', epochs=0,
-                             protocol='code')
+                             protocol='code', cpu=False)
   c = config_lib.base_config()
   c.dataset.name = arg.dataset or 'sirst_v1'
   c.input.recipe = 'ganet'
@@ -46,4 +46,6 @@ def get_config(arg=None):
   c.schedule.decay_epochs = (200, 300)
   c.schedule.decay_factor = 0.1
   c.input.batch_size = 4
+  if arg.cpu:  # Under an hour of training on a 2-core CPU (README).
+    config_lib.use_cpu_recipe(c, num_epochs=60, learning_rate=0.003)
   return config_lib.apply_variants(c, arg)

@@ -38,6 +38,7 @@ import optax
 from tqdm import auto as tqdm
 
 from irstd_jax import checkpointing
+from irstd_jax import compilation
 from irstd_jax import config_lib
 from irstd_jax import datasets
 from irstd_jax import evaluation
@@ -103,19 +104,29 @@ def model_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             steps_per_epoch: int) -> optax.Schedule:
-  """Piecewise-constant learning rate with drops at epoch boundaries.
+  """The learning rate per step: the papers' drops, or cosine with warm-up.
 
-  The learning rate is multiplied by `schedule.decay_factor` from the first
-  step of each epoch in `schedule.decay_epochs` (0-based epoch counts, as
-  PyTorch's MultiStepLR stepped once per epoch).
+  'multistep' (the papers'): multiplied by `schedule.decay_factor` from the
+  first step of each epoch in `schedule.decay_epochs` (0-based epoch counts,
+  as PyTorch's MultiStepLR stepped once per epoch). 'cosine': linear warm-up
+  over `schedule.warmup_epochs` from 0, then cosine decay to
+  `schedule.end_fraction` of the peak at the last step (short CPU runs).
   """
+  name = config.schedule.get('name', 'multistep')
+  peak = float(config.optimizer.learning_rate)
+  if name == 'cosine':
+    total = int(config.schedule.num_epochs) * steps_per_epoch
+    warmup = min(total - 1, int(round(config.schedule.warmup_epochs * steps_per_epoch)))
+    return _warmup_cosine(peak, warmup, total, float(config.schedule.end_fraction))
+  if name != 'multistep':
+    raise ValueError(
+        f"schedule.name must be 'multistep' or 'cosine', got {name!r}.")
   scales: dict[int, float] = {}
   for epoch in config.schedule.decay_epochs:
     if 0 < epoch < config.schedule.num_epochs:
       step = int(epoch) * steps_per_epoch
       scales[step] = scales.get(step, 1.0) * config.schedule.decay_factor
-  return _piecewise_constant(float(config.optimizer.learning_rate),
-                             tuple(sorted(scales.items())))
+  return _piecewise_constant(peak, tuple(sorted(scales.items())))
 
 
 # Schedules and transformations are cached by value: the optimizer's graph
@@ -124,6 +135,13 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
 @functools.lru_cache(maxsize=None)
 def _piecewise_constant(init_value: float, boundaries_and_scales: tuple) -> optax.Schedule:
   return optax.piecewise_constant_schedule(init_value, dict(boundaries_and_scales))
+
+
+@functools.lru_cache(maxsize=None)
+def _warmup_cosine(peak: float, warmup_steps: int, total_steps: int,
+                   end_fraction: float) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup_steps, total_steps, end_value=peak * end_fraction)
 
 
 @functools.lru_cache(maxsize=None)
@@ -588,18 +606,25 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     state, meta = _restore(checkpoints, step, state, workdir)
     _print(f'Evaluating checkpoint {checkpoint} (step {step}, epoch {meta["epoch"]}) of '
            f'{workdir} on {config.dataset.name}/{split} ({len(source)} images).')
-    result = evaluation.Evaluator(config, source, mesh, model).run(
-        state['model'], num_examples=_overlay_limit(config),
-        show_progress=jax.process_index() == 0)
+    started = time.perf_counter()
+    with compilation.counting() as compiled:
+      result = evaluation.Evaluator(config, source, mesh, model).run(
+          state['model'], num_examples=_overlay_limit(config),
+          show_progress=jax.process_index() == 0)
+    seconds = time.perf_counter() - started
   finally:
     checkpoints.close()
+  _print(f'{split}: {len(source)} images in {seconds:.1f} s; {compiled.describe()}.')
   name = f'{checkpoint}_step{step}' if not str(checkpoint).isdigit() else f'step{step}'
   if jax.process_index() == 0:
     report.write_overlays(result.examples, os.path.join(workdir, 'predictions', f'{name}_{split}'),
                           config.eval.threshold)
     _write_json(os.path.join(workdir, f'eval_{split}_{name}.json'),
                 {'step': step, 'epoch': meta['epoch'], 'split': split,
-                 'checkpoint': str(checkpoint),
+                 'checkpoint': str(checkpoint), 'seconds': round(seconds, 2),
+                 'compilation': compiled.as_dict(),
+                 'eval': {k: config.eval[k] for k in ('resolution', 'pad_multiple',
+                                                      'max_shapes', 'batch_size')},
                  'metrics': metric_writers.to_json(result.metrics)})
   _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
                               count_params(model)))
