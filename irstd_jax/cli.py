@@ -51,6 +51,9 @@ def fail(error: BaseException, argv, permission_hint: str = MAIN_PERMISSION_HINT
 def start(argv) -> None:
   """What every absl command does first: refuse stray arguments, quiet the logs.
 
+  It also turns on JAX's persistent compilation cache
+  (`compilation.use_persistent_cache`).
+
   The console shows progress bars and result lines; libraries' INFO logs
   (orbax saves, TFDS) would drown them. --verbosity=0 brings them back.
   """
@@ -59,3 +62,5 @@ def start(argv) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  from irstd_jax import compilation  # pylint: disable=g-import-not-at-top
+  compilation.use_persistent_cache()

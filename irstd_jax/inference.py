@@ -195,7 +195,9 @@ class Predictor:
     threshold: probability threshold of masks and targets (strict >).
     batch_size: images per batch (rounded up to the device count).
     pad_multiple: native resolution pads to a multiple of this.
-    max_shapes: padded shapes compiled for a set of known sizes.
+    max_shapes: 0 pads each image alone to `pad_multiple` (the evaluation's
+      default and the reference's); N > 0 pads a set of known sizes into at
+      most N shapes (fewer compilations, slightly different maps).
     resolution: 'native', or an int side: images are resized to it (as a
       resized evaluation does) and the probabilities resized back.
     high_bit_depth: 16-bit rule of `to_gray` ('minmax' or 'shift').
@@ -205,7 +207,7 @@ class Predictor:
 
   def __init__(self, model: nnx.Module, *, mean: float = 0.0, std: float = 255.0,
                num_channels: int | None = None, threshold: float = 0.5,
-               batch_size: int = 8, pad_multiple: int = 32, max_shapes: int = 4,
+               batch_size: int = 8, pad_multiple: int = 32, max_shapes: int = 0,
                resolution: str | int = 'native', high_bit_depth: str = 'minmax',
                devices: Sequence[jax.Device] | None = None,
                description: dict[str, Any] | None = None):
@@ -315,9 +317,9 @@ class Predictor:
 
     Args:
       items: (key, image array) pairs; read lazily.
-      shapes: the (H, W) of all the images to come, when known: at most
-        `max_shapes` padded shapes are then compiled (the evaluation's
-        buckets). Unknown: each image's own padded shape.
+      shapes: the (H, W) of all the images to come, when known: with
+        `max_shapes` > 0 at most that many padded shapes are then compiled
+        (the evaluation's buckets). Otherwise each image's own padded shape.
     """
     buckets = self.buckets(shapes)
     groups: dict[tuple[int, int], list] = {}

@@ -19,9 +19,12 @@ What happens to each example is the recipe's (`recipes`); the sizes, channels
 and normalisation come concrete from `recipes.resolve`.
 
 Evaluation (`eval_batches`): `resolution='native'` pads each image (after
-normalisation, with zeros) to a multiple of `pad_multiple` and then to one of
-at most `max_shapes` bucket shapes, carrying a `valid` mask of the real
-pixels; an int resizes image (bilinear) and mask (nearest) to that square,
+normalisation, with zeros, at the bottom and right) to a multiple of
+`pad_multiple`, as the reference code does image by image, and batches images
+of equal padded shape together (`max_shapes` > 0 instead pads into at most
+that many bucket shapes: fewer compilations, but the models' global pooling
+and GGL-Net's align_corners upsampling then see extra zeros), carrying a
+`valid` mask of the real pixels; an int resizes image (bilinear) and mask (nearest) to that square,
 all pixels valid, and metrics are then computed at that resolution (the
 MSDA-Net / GGL-Net protocol).
 """
@@ -308,10 +311,11 @@ def bucket_shapes(shapes: Sequence[tuple[int, int]], max_shapes: int
 
   Starts from the distinct shapes and merges, greedily, the two buckets whose
   union (elementwise max) adds the fewest padded pixels over their images.
+  `max_shapes` <= 0: the distinct shapes themselves (each image padded alone).
   """
   counts = collections.Counter(tuple(s) for s in shapes)
   buckets = {shape: count for shape, count in counts.items()}
-  while len(buckets) > max(1, max_shapes):
+  while 0 < max_shapes < len(buckets):
     best = None
     keys = sorted(buckets)
     for i, a in enumerate(keys):
@@ -337,7 +341,7 @@ def _smallest_fit(shape, buckets):
 def eval_batches(source, *, batch_size: int, resolution: str | int,
                  num_channels: int, mean_std: Sequence[float],
                  pad_multiple: int = 32,
-                 max_shapes: int = 4) -> Iterator[dict[str, Any]]:
+                 max_shapes: int = 0) -> Iterator[dict[str, Any]]:
   """Fixed-size evaluation batches of the whole split, every image once.
 
   Yields dict(image float32 (B, H, W, C), mask float32 (B, H, W) in {0, 1},
@@ -347,14 +351,15 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
   Args:
     source: a `datasets.load` source (or a sequence of example dicts).
     batch_size: B.
-    resolution: 'native' (pad to `pad_multiple`, then to one of at most
-      `max_shapes` shapes, so a mixed-size set compiles a handful of times)
-      or an int side (resize: image bilinear, mask nearest);
-      `recipes.resolve(...).eval_resolution`.
+    resolution: 'native' (each image padded to `pad_multiple`; batches of
+      equal padded shape) or an int side (resize: image bilinear, mask
+      nearest); `recipes.resolve(...).eval_resolution`.
     num_channels: channels of `image`; the grey image is repeated.
     mean_std: (mean, std) in grey levels.
     pad_multiple: native-mode padding multiple (32 for 5 poolings).
-    max_shapes: native-mode bucket count.
+    max_shapes: native mode: 0 pads each image alone (the reference's
+      protocol, one compilation per distinct padded shape); N > 0 pads into
+      at most N bucket shapes (faster to compile, not the reference's numbers).
   """
   _concrete(resolution=resolution, num_channels=num_channels,
             mean_std=mean_std)

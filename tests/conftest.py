@@ -12,6 +12,10 @@ os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=4'
 
+# The commands turn on JAX's persistent compilation cache; tests count
+# compilations, so it stays off unless a test turns it on (test_evaluation_cache).
+os.environ['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

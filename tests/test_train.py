@@ -219,40 +219,99 @@ def test_eval_mode_reproduces_the_logged_best_metrics(trained):
   assert json.loads(pathlib.Path(workdir, name).read_text())['metrics']['miou'] == result['miou']
 
 
-def test_mixed_size_evaluation_compiles_once_per_bucket(config_file, data_dir):
-  """Nine image sizes (seven padded shapes), two buckets: two compilations."""
-  from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
-  config = tiny_config(config_file, data_dir)
-  config.eval.max_shapes = 2
+def test_second_evaluation_loads_every_program_from_the_persistent_cache(
+    trained, config_file, data_dir, tmp_path):
+  """Eval mode twice in new processes with the cache on: the second compiles nothing."""
+  _, workdir, _ = trained
+  env = {**os.environ, 'JAX_ENABLE_COMPILATION_CACHE': 'true',
+         'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'cache'),
+         # Tiny programs compile in milliseconds; cache them all here.
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  counts = []
+  for _ in range(2):
+    done = subprocess.run(
+        [sys.executable, '-m', 'irstd_jax.main', f'--config={config_file}', '--mode=eval',
+         f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}',
+         '--checkpoint=latest'], cwd=REPO, env=env, capture_output=True, text=True,
+        check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (name,) = [p for p in os.listdir(workdir) if p.startswith('eval_test_latest')]
+    counts.append(json.loads(pathlib.Path(workdir, name).read_text())['compilation'])
+    assert 'XLA programs' in done.stdout
+  first, second = counts
+  assert first['compiled'] > 0 and first['cache_misses'] == first['compiled']
+  assert second['compiled'] == 0 and second['cache_hits'] == first['programs']
+
+
+def _mixed_size_source():
+  """Nine image sizes with seven distinct padded (multiple of 32) shapes."""
   sizes = [(20, 20), (20, 60), (60, 20), (40, 40), (70, 90), (96, 80),
            (90, 40), (30, 90), (64, 64)]
   rng = np.random.default_rng(0)
-  source = [{'image': rng.integers(0, 256, (h, w, 1), np.uint8),
-             'mask': (rng.random((h, w, 1)) > 0.98).astype(np.uint8), 'id': f'image{i}'}
-            for i, (h, w) in enumerate(sizes)]
-  padded = {(-(-h // 32) * 32, -(-w // 32) * 32) for h, w in sizes}
+  return [{'image': rng.integers(0, 256, (h, w, 1), np.uint8),
+           'mask': (rng.random((h, w, 1)) > 0.98).astype(np.uint8), 'id': f'image{i}'}
+          for i, (h, w) in enumerate(sizes)]
+
+
+def _reference_probs(model, config, example):
+  """The reference's native test: the image alone, zero-padded to 32, batch 1."""
+  mean, std = config.input.mean, config.input.std
+  image = (example['image'][..., 0].astype(np.float32) - mean) / std
+  h, w = image.shape
+  padded = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 1), np.float32)
+  padded[:h, :w, 0] = image
+  model.eval()
+  probs = np.asarray(evaluation.predict_probs(model, padded[None]))[0, :h, :w]
+  model.train()
+  return probs
+
+
+def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, data_dir):
+  """Default: each image its own multiple of 32 (7 shapes); max_shapes=2: two."""
+  from benchmarks import jax_side  # pylint: disable=g-import-not-at-top
+  source = _mixed_size_source()
+  padded = {s['id']: (-(-s['image'].shape[0] // 32) * 32, -(-s['image'].shape[1] // 32) * 32)
+            for s in source}
+  assert len(set(padded.values())) == 7
   mesh = sharding.create_mesh()
-  config = resolved(config)
+  config = resolved(tiny_config(config_file, data_dir))
+  assert config.eval.max_shapes == 0  # The reference's protocol is the default.
   model = train.create_model(config)
-  evaluator = evaluation.Evaluator(config, source, mesh, model)
   model_state = steps.create_state(model, train.create_optimizer(
       model, config, train.create_learning_rate_fn(config, 2)), mesh)['model']
-  batches = list(evaluator.batches())
-  assert len(padded) == 7
-  assert len({b['image'].shape for b in batches}) == 2
-  assert sorted(i for b in batches for i in b['id'] if i) == sorted(s['id'] for s in source)
-  with jax_side.count_compilations() as compiled:
-    first = evaluator.run(model_state).metrics
-    second = evaluator.run(model_state).metrics
-  assert compiled.count('jit(eval_step)') == 2
-  assert first['miou'] == second['miou'] and first['pd'] == second['pd']
-  # The variants (host-side, from padded sharded batches) equal `score` on
-  # the same predictions cut to their images.
-  examples = evaluator.predict(model_state, len(source))
-  scored = metrics.score([e.prob for e in examples], [e.mask for e in examples],
-                         pd_fa_thresholds=())
-  for key in metrics.variants.KEYS + ('pd', 'fa', 'miou'):
-    np.testing.assert_allclose(first[key], scored[key], rtol=1e-6, atol=1e-9, err_msg=key)
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, model_state)
+  nnx.update(model, state)
+  reference = {s['id']: _reference_probs(model, config, s) for s in source}
+
+  compiled_shapes = set()
+  for max_shapes, num_shapes in ((0, 7), (2, 2)):
+    config.eval.max_shapes = max_shapes
+    evaluator = evaluation.Evaluator(config, source, mesh, train.create_model(config))
+    batches = list(evaluator.batches())
+    assert len({b['image'].shape for b in batches}) == num_shapes
+    assert sorted(i for b in batches for i in b['id'] if i) == sorted(s['id'] for s in source)
+    if max_shapes == 0:  # Every image in a batch of its own padded shape.
+      assert all(b['image'].shape[1:3] == padded[i] for b in batches for i in b['id'] if i)
+    with jax_side.count_compilations() as compiled:
+      first = evaluator.run(model_state).metrics
+      second = evaluator.run(model_state).metrics
+    # Once per shape not compiled before (jax's cache is keyed by shape).
+    shapes = {b['image'].shape for b in batches}
+    assert compiled.count('jit(eval_step)') == len(shapes - compiled_shapes)
+    compiled_shapes |= shapes
+    assert first['miou'] == second['miou'] and first['pd'] == second['pd']
+    # The variants (host-side, from padded sharded batches) equal `score` on
+    # the same predictions cut to their images.
+    examples = evaluator.predict(model_state, len(source))
+    scored = metrics.score([e.prob for e in examples], [e.mask for e in examples],
+                           pd_fa_thresholds=())
+    for key in metrics.variants.KEYS + ('pd', 'fa', 'miou'):
+      np.testing.assert_allclose(first[key], scored[key], rtol=1e-6, atol=1e-9, err_msg=key)
+    if max_shapes == 0:  # The probabilities of the reference's per-image run.
+      for example in examples:
+        np.testing.assert_allclose(example.prob, reference[example.id], rtol=1e-5,
+                                   atol=1e-6, err_msg=example.id)
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
