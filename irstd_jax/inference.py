@@ -10,8 +10,8 @@ was trained on: grey by the datasets' rule (`datasets.imageio`: luma of
 colour, 16-bit min-max stretched), normalised with the checkpoint's mean and
 std, repeated to the model's channels. At native resolution they are
 zero-padded at the bottom / right to a multiple of 32, after normalisation,
-as the evaluation pads them, and at most `max_shapes` padded shapes are
-compiled for a known set (the evaluation's buckets), so a split predicted
+as the evaluation pads them (each image alone by default; `max_shapes` > 0
+pads a known set into at most that many buckets), so a split predicted
 here gives the probabilities `main --mode=eval` scores. Batches are sharded
 over the devices, padded to a fixed size so that every batch of a shape
 reuses one compilation.
