@@ -295,10 +295,14 @@ def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, da
       assert all(b['image'].shape[1:3] == padded[i] for b in batches for i in b['id'] if i)
     with jax_side.count_compilations() as compiled:
       first = evaluator.run(model_state).metrics
+    with jax_side.count_compilations() as recompiled:
       second = evaluator.run(model_state).metrics
-    # Once per shape not compiled before (jax's cache is keyed by shape).
+    # At most once per shape not compiled before (jax's cache is keyed by
+    # shape; earlier cases in this module may have compiled one), never again.
     shapes = {b['image'].shape for b in batches}
-    assert compiled.count('jit(eval_step)') == len(shapes - compiled_shapes)
+    assert 0 < compiled.count('jit(eval_step)') <= len(shapes - compiled_shapes) or (
+        shapes <= compiled_shapes)
+    assert recompiled.count('jit(eval_step)') == 0
     compiled_shapes |= shapes
     assert first['miou'] == second['miou'] and first['pd'] == second['pd']
     # The variants (host-side, from padded sharded batches) equal `score` on
