@@ -22,13 +22,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from irstd_jax import convert, losses, models, steps
+from irstd_jax import compilation, convert, losses, models, steps
 
 # The official loss reductions (see irstd_jax.losses.soft_iou_loss).
 LOSS_REDUCTION = {'ganet': 'batch', 'unet': 'batch', 'gglnet': 'sample'}
 # Input channels of the official models: GaNet reads 1, GGL-Net 3.
 IN_CHANNELS = {'ganet': 1, 'unet': 1, 'gglnet': 3}
-BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
 @contextlib.contextmanager
@@ -37,20 +36,11 @@ def count_compilations() -> Iterator[list[str]]:
 
   A cache hit (same function, shapes and dtypes) does not compile and is not
   counted, so `len()` of the yielded list is the number of (re)compilations,
-  and `list.count('jit(eval_step)')` those of one jitted function.
+  and `list.count('jit(eval_step)')` those of one jitted function
+  (`irstd_jax.compilation.counting` with the persistent cache off).
   """
-  names: list[str] = []
-
-  def listener(event: str, duration: float, **kwargs) -> None:
-    del duration
-    if event == BACKEND_COMPILE_EVENT:
-      names.append(str(kwargs.get('fun_name', '?')))
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield names
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+  with compilation.counting() as count:
+    yield count.names
 
 
 @dataclasses.dataclass

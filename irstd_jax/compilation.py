@@ -54,14 +54,15 @@ class Count:
   seconds: float = 0.0      # Spent building or loading them.
   cache_hits: int = 0       # Loaded from the persistent cache.
   cache_misses: int = 0     # Looked up there, not found (then compiled).
+  names: list[str] = dataclasses.field(default_factory=list)  # e.g. 'jit(eval_step)'.
 
   @property
   def compiled(self) -> int:
     return self.programs - self.cache_hits
 
   def as_dict(self) -> dict[str, float]:
-    return {**dataclasses.asdict(self), 'compiled': self.compiled,
-            'seconds': round(self.seconds, 2)}
+    counts = {k: v for k, v in dataclasses.asdict(self).items() if k != 'names'}
+    return {**counts, 'compiled': self.compiled, 'seconds': round(self.seconds, 2)}
 
   def describe(self) -> str:
     return (f'{self.programs} XLA programs in {self.seconds:.1f} s: compiled '
@@ -74,10 +75,10 @@ def counting() -> Iterator[Count]:
   count = Count()
 
   def on_duration(event: str, duration: float, **kwargs) -> None:
-    del kwargs
     if event == _COMPILE:
       count.programs += 1
       count.seconds += duration
+      count.names.append(str(kwargs.get('fun_name', '?')))
 
   def on_event(event: str, **kwargs) -> None:
     del kwargs
