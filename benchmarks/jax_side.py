@@ -36,7 +36,7 @@ def count_compilations() -> Iterator[list[str]]:
 
   A cache hit (same function, shapes and dtypes) does not compile and is not
   counted, so `len()` of the yielded list is the number of (re)compilations,
-  and `list.count('jit(eval_step)')` those of one jitted function
+  and `list.count('jit(update_stats)')` those of one jitted function
   (`irstd_jax.compilation.counting` with the persistent cache off).
   """
   with compilation.counting() as count:

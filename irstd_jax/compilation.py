@@ -54,7 +54,7 @@ class Count:
   seconds: float = 0.0      # Spent building or loading them.
   cache_hits: int = 0       # Loaded from the persistent cache.
   cache_misses: int = 0     # Looked up there, not found (then compiled).
-  names: list[str] = dataclasses.field(default_factory=list)  # e.g. 'jit(eval_step)'.
+  names: list[str] = dataclasses.field(default_factory=list)  # e.g. 'jit(update_stats)'.
 
   @property
   def compiled(self) -> int:

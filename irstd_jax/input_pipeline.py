@@ -333,6 +333,16 @@ def bucket_shapes(shapes: Sequence[tuple[int, int]], max_shapes: int
   return sorted(buckets)
 
 
+# Native evaluation runs the model at each image's own padded shape but the
+# metrics on at most this many canvas shapes: every compiled program costs
+# XLA:CPU hundreds of memory mappings (the metrics' programs thousands), and
+# Linux's default limit (vm.max_map_count = 65530) ends the process with
+# 'LLVM ERROR: Unable to allocate section memory' after about 26 of
+# SIRST-v1's 34 shapes when every stage compiles per shape. The metrics
+# ignore pixels outside `valid`, so the canvas changes no number.
+METRIC_CANVASES = 4
+
+
 def _smallest_fit(shape, buckets):
   fits = [b for b in buckets if b[0] >= shape[0] and b[1] >= shape[1]]
   return min(fits, key=lambda b: (b[0] * b[1], b))
@@ -345,8 +355,10 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
   """Fixed-size evaluation batches of the whole split, every image once.
 
   Yields dict(image float32 (B, H, W, C), mask float32 (B, H, W) in {0, 1},
-  valid bool (B, H, W), id list of B str). The last batch of each shape is
-  filled with all-invalid entries (id ''), so every batch has B entries.
+  valid bool (B, H, W), id list of B str, canvas (Hc, Wc) >= (H, W)). The
+  last batch of each shape is filled with all-invalid entries (id ''), so
+  every batch has B entries. `canvas` is the shape the metrics may pad the
+  batch to (one of at most `METRIC_CANVASES` shapes per split, see there).
 
   Args:
     source: a `datasets.load` source (or a sequence of example dicts).
@@ -374,12 +386,14 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
     assigned = [_smallest_fit(s, buckets) for s in padded]
     groups = [(b, [i for i, a in enumerate(assigned) if a == b])
               for b in buckets]
+    canvases = bucket_shapes(assigned, METRIC_CANVASES)
   else:
     if isinstance(resolution, str) or int(resolution) < 1:
       raise ValueError(f'resolution={resolution!r}: use "native" or a '
                        'positive int (recipes.resolve gives one).')
     side = int(resolution)
     groups = [((side, side), list(range(len(data))))]
+    canvases = [(side, side)]
   for (height, width), indices in groups:
     for start in range(0, len(indices), batch_size):
       chunk = indices[start:start + batch_size]
@@ -400,7 +414,8 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
       image = image[..., None]
       if num_channels > 1:
         image = np.repeat(image, num_channels, axis=-1)
-      yield {'image': image, 'mask': mask, 'valid': valid, 'id': ids}
+      yield {'image': image, 'mask': mask, 'valid': valid, 'id': ids,
+             'canvas': _smallest_fit((height, width), canvases)}
 
 
 # -- Devices -------------------------------------------------------------------

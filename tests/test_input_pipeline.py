@@ -209,6 +209,23 @@ def test_eval_native_buckets_cover_each_image_once(source):
   assert sorted(seen) == sorted(truth)
 
 
+def test_eval_metric_canvases_hold_every_batch_and_are_few(source):
+  for max_shapes in (0, 2):
+    batches = list(ip.eval_batches(source, batch_size=2, resolution='native',
+                                   num_channels=1, mean_std=(10.0, 2.0),
+                                   max_shapes=max_shapes))
+    canvases = {b['canvas'] for b in batches}
+    shapes = {b['image'].shape[1:3] for b in batches}
+    assert len(canvases) == min(len(shapes), ip.METRIC_CANVASES)
+    assert all(b['canvas'][0] >= b['image'].shape[1] and b['canvas'][1] >= b['image'].shape[2]
+               for b in batches)
+    if max_shapes and len(shapes) <= ip.METRIC_CANVASES:
+      assert canvases == shapes  # Buckets are their own canvases.
+  shapes = [(32, 32)] * 5 + [(32, 64), (64, 32), (64, 64), (96, 32), (32, 96)]
+  canvases = ip.bucket_shapes(shapes, ip.METRIC_CANVASES)
+  assert len(canvases) == 4 and (32, 32) in canvases  # The common shape is kept as it is.
+
+
 def test_eval_resized_mode(source):
   spec = _spec(source, 'gglnet', resolution=64)
   batches = list(ip.eval_batches(source, batch_size=8,

@@ -299,10 +299,16 @@ def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, da
       second = evaluator.run(model_state).metrics
     # At most once per shape not compiled before (jax's cache is keyed by
     # shape; earlier cases in this module may have compiled one), never again.
+    # The model compiles per image shape, the metrics per canvas (at most
+    # METRIC_CANVASES, so that 34 shapes do not exhaust the memory mappings).
     shapes = {b['image'].shape for b in batches}
-    assert 0 < compiled.count('jit(eval_step)') <= len(shapes - compiled_shapes) or (
+    canvases = {tuple(b['canvas']) for b in batches}
+    assert len(canvases) == min(num_shapes, input_pipeline.METRIC_CANVASES)
+    assert 0 < compiled.count('jit(predict_on_canvas)') <= len(shapes - compiled_shapes) or (
         shapes <= compiled_shapes)
-    assert recompiled.count('jit(eval_step)') == 0
+    assert compiled.count('jit(update_stats)') <= len(canvases)
+    assert recompiled.count('jit(predict_on_canvas)') == 0
+    assert recompiled.count('jit(update_stats)') == 0
     compiled_shapes |= shapes
     assert first['miou'] == second['miou'] and first['pd'] == second['pd']
     # The variants (host-side, from padded sharded batches) equal `score` on

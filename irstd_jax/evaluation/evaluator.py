@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import auto as tqdm
@@ -35,30 +36,39 @@ def predict_probs(model: nnx.Module, images: jax.Array) -> jax.Array:
   return jax.nn.sigmoid(model(images))[..., 0]
 
 
-def eval_step(model_state: Any, stats: metrics.MetricStats, batch: dict[str, jax.Array], *,
-              graphdef: Any, threshold: float, pd_fa_relative: bool,
-              mesh: jax.sharding.Mesh, with_probs: bool = False) -> Any:
-  """Adds a batch to the metrics' sufficient statistics.
+def predict_on_canvas(model_state: Any, images: jax.Array, *, graphdef: Any,
+                      canvas: tuple[int, int]) -> jax.Array:
+  """Probabilities (B, Hc, Wc): the model at the images' own shape, zero beyond.
+
+  One compilation per image shape; the metrics then see a few canvas shapes
+  only (`input_pipeline.METRIC_CANVASES`).
+  """
+  probs = predict_probs(nnx.merge(graphdef, model_state), images)
+  height, width = probs.shape[1:]
+  return jnp.pad(probs, ((0, 0), (0, canvas[0] - height), (0, canvas[1] - width)))
+
+
+def update_stats(stats: metrics.MetricStats, probs: jax.Array, mask: jax.Array,
+                 valid: jax.Array, *, threshold: float, pd_fa_relative: bool,
+                 mesh: jax.sharding.Mesh, with_probs: bool = False) -> Any:
+  """Adds a batch of probabilities to the metrics' sufficient statistics.
 
   Args:
-    model_state: the model's state (pure dict).
     stats: from `metrics.init`, replicated; donated.
-    batch: image (B, H, W, C), mask (B, H, W), valid (B, H, W), sharded.
-    graphdef: the model's graph definition in eval mode.
+    probs, mask, valid: (B, Hc, Wc), sharded; `valid` is False beyond each
+      image, so the canvas's padding counts nowhere.
     threshold: probability threshold (strict >).
     pd_fa_relative: GaNet code's Pd/Fa, thresholding each map divided by its
       maximum (IoU stays absolute); False is BasicIRSTD's absolute threshold.
     mesh: the device mesh.
-    with_probs: also return the probabilities (B, H, W), replicated, for the
-      host-side metric variants (`metrics.variants`).
+    with_probs: also return the probabilities, replicated, for the host-side
+      metric variants (`metrics.variants`).
 
   Returns:
     The updated statistics, replicated (and the probabilities).
   """
-  probs = predict_probs(nnx.merge(graphdef, model_state), batch['image'])
-  stats = steps.replicate(metrics.update(stats, probs, batch['mask'], batch['valid'],
-                                         threshold=threshold, pd_fa_relative=pd_fa_relative),
-                          mesh)
+  stats = steps.replicate(metrics.update(stats, probs, mask, valid, threshold=threshold,
+                                         pd_fa_relative=pd_fa_relative), mesh)
   return (stats, steps.replicate(probs, mesh)) if with_probs else stats
 
 
@@ -122,11 +132,13 @@ class Evaluator:
     self.mesh = mesh
     graphdef = eval_graphdef(model)
     platform = mesh.devices.flat[0].platform
-    self._step = functools.partial(
-        steps.jitted(eval_step, platform, donate_argnums=(1,),
-                     static_argnames=('graphdef', 'threshold', 'pd_fa_relative', 'mesh',
-                                      'with_probs')),
-        graphdef=graphdef, threshold=float(config.eval.threshold),
+    self._predict_on_canvas = functools.partial(
+        steps.jitted(predict_on_canvas, platform, static_argnames=('graphdef', 'canvas')),
+        graphdef=graphdef)
+    self._update = functools.partial(
+        steps.jitted(update_stats, platform, donate_argnums=(0,),
+                     static_argnames=('threshold', 'pd_fa_relative', 'mesh', 'with_probs')),
+        threshold=float(config.eval.threshold),
         pd_fa_relative=bool(config.eval.pd_fa_relative), mesh=mesh)
     self._predict = functools.partial(
         steps.jitted(predict, platform, static_argnames=('graphdef', 'mesh')),
@@ -148,11 +160,22 @@ class Evaluator:
     data = sharding.batch_sharded(self.mesh)
     return {k: sharding.global_array(v, data) for k, v in arrays.items()}
 
-  def _add_examples(self, examples, limit, batch, device_images, model_state):
-    probs = sharding.to_host(self._predict(model_state, device_images))
+  def _on_canvas(self, arrays: dict[str, Any], canvas: tuple[int, int]) -> dict[str, Any]:
+    """`mask` and `valid` zero-padded to the canvas (False: counts nowhere)."""
+    out = dict(arrays)
+    for key in ('mask', 'valid'):
+      height, width = arrays[key].shape[1:]
+      out[key] = np.pad(arrays[key], ((0, 0), (0, canvas[0] - height), (0, canvas[1] - width)))
+    return out
+
+  def _add_examples(self, examples, limit, batch, device_images, model_state, probs=None):
+    if probs is None:
+      probs = self._predict(model_state, device_images)
+    probs = sharding.to_host(probs)
+    height, width = batch['valid'].shape[1:]
     for i, image_id in enumerate(batch['id']):
       if len(examples) < limit and np.any(batch['valid'][i]):
-        examples.append(report.Example.crop(image_id, batch, i, probs[i]))
+        examples.append(report.Example.crop(image_id, batch, i, probs[i, :height, :width]))
 
   def run(self, model_state: Any, *, num_examples: int = 0,
           pd_fa_curve: bool = False, show_progress: bool = False,
@@ -184,17 +207,20 @@ class Evaluator:
                    desc=f'evaluating {ev.split}',
                    disable=not show_progress) as progress:
       for batch in self.batches():
-        arrays = self._padded(batch)
+        canvas = tuple(batch['canvas'])
+        arrays = self._on_canvas(self._padded(batch), canvas)
         device_batch = self._on_devices(arrays)
+        probs = self._predict_on_canvas(model_state, device_batch['image'], canvas=canvas)
         if variants:
-          stats, probs = self._step(model_state, stats, device_batch, with_probs=True)
+          stats, replicated = self._update(stats, probs, device_batch['mask'],
+                                           device_batch['valid'], with_probs=True)
           if pending is not None:
             variant_stats = _add_variants(variant_stats, *pending)
-          pending = (probs, arrays['mask'], arrays['valid'])
+          pending = (replicated, arrays['mask'], arrays['valid'])
         else:
-          stats = self._step(model_state, stats, device_batch)
+          stats = self._update(stats, probs, device_batch['mask'], device_batch['valid'])
         if len(examples) < num_examples:
-          self._add_examples(examples, num_examples, batch, device_batch['image'], model_state)
+          self._add_examples(examples, num_examples, batch, None, model_state, probs=probs)
         if show_progress:  # Counts images as they finish, not as they are queued.
           jax.block_until_ready(stats)
           progress.update(sum(1 for i in batch['id'] if i))
