@@ -149,6 +149,17 @@ def eval_crops(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
                     for i in chosen], channels)
 
 
+def noise_like(x: np.ndarray, seed: int) -> np.ndarray:
+  """Uniform grey noise in [0, 1) of `x`'s shape (channels repeated).
+
+  Real crops have flat regions (saturated sky, zero padding) where features
+  are equal in exact arithmetic, so max pooling meets exact ties that two
+  implementations may break differently; noise has none.
+  """
+  grey = np.random.default_rng(seed).random(x.shape[:3] + (1,), np.float32)
+  return np.repeat(grey, x.shape[-1], axis=-1)
+
+
 def move(x: np.ndarray, amount: float, seed: int) -> np.ndarray:
   """`x` with every element moved by +amount or -amount (random signs)."""
   if not amount:
@@ -265,7 +276,8 @@ def markdown(result: dict[str, Any]) -> str:
   jax_names = [n for n in runs if n.startswith('jax')]
   setup = result['setup']
   lines = [f"### {setup['model']}: {setup['steps']} steps, batch {setup['batch']}, "
-           f"{setup['size']}x{setup['size']} crops, seed {setup['seed']}", '']
+           f"{setup['size']}x{setup['size']} crops, seed {setup['seed']}"
+           + (' (noise images)' if setup.get('noise_images') else ''), '']
   head = ['step', 'loss torch64', 'loss torch32'] + [f'loss {n}' for n in jax_names]
   head += ['\\|t32−t64\\|', '\\|t32(x±1e-6)−t32\\|']
   for n in jax_names:
@@ -424,8 +436,12 @@ def run_torch(initial, config, batches: Sequence[tuple[np.ndarray, np.ndarray]],
 def run(name: str, official: str | os.PathLike, *, steps: int = 32, batch: int = 4,
         size: int = 128, seed: int = 0, eval_images: int = 4,
         data: str | os.PathLike = DEFAULT_DATA,
-        jax_precisions: Sequence[str] = ('default',), log=print) -> dict[str, Any]:
+        jax_precisions: Sequence[str] = ('default',), noise: bool = False,
+        log=print) -> dict[str, Any]:
   """Both implementations from the same weights on the same batches.
+
+  `noise` replaces the training crops' pixels by `noise_like` (masks kept):
+  a control without exact ties.
 
   Returns:
     {'setup': ..., 'runs': name -> losses / eval (grads and weights dropped),
@@ -438,6 +454,8 @@ def run(name: str, official: str | os.PathLike, *, steps: int = 32, batch: int =
   test_images, test_masks, _ = load_split(data, 'test')
   batches = sample_batches(train_images, train_masks, steps=steps, batch=batch,
                            size=size, channels=channels, seed=seed)
+  if noise:
+    batches = [(noise_like(x, seed + 1 + s), y) for s, (x, y) in enumerate(batches)]
   eval_x = eval_crops(test_images, test_masks, count=eval_images, size=size,
                       channels=channels, seed=seed)
   initial = torch_reference.build_official(name, pathlib.Path(official).expanduser().resolve(),
@@ -462,6 +480,7 @@ def run(name: str, official: str | os.PathLike, *, steps: int = 32, batch: int =
            'eval_images': int(eval_x.shape[0]), 'channels': channels,
            'learning_rate': float(config.optimizer.learning_rate),
            'reduction': config.loss.reduction, 'perturbation': PERTURBATION,
+           'noise_images': noise,
            'model_options': dict(config.model.options), 'official': str(official)}
   return {'setup': setup, 'summary': summarize(runs, state_dict), 'seconds': seconds,
           'runs': {k: {'losses': v['losses']} for k, v in runs.items()}}
@@ -494,6 +513,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--jax-precision', nargs='+', default=['default'],
                  choices=['default', 'high', 'highest'],
                  help="jax_default_matmul_precision of the JAX runs (one run each).")
+  p.add_argument('--noise-images', action='store_true',
+                 help="uniform noise instead of the training crops' pixels (masks "
+                 'kept): a control without the exact ties of flat image regions.')
   p.add_argument('--threads', type=int, default=0,
                  help='torch.set_num_threads (0: leave torch its default).')
   p.add_argument('--out', help='JSON results file (a .md table is written next to it).')
@@ -515,7 +537,7 @@ def main(argv=None) -> None:
                                  args.official)
   result = run(args.model, args.official, steps=args.steps, batch=args.batch,
                size=args.size, seed=args.seed, eval_images=args.eval_images,
-               data=args.data, jax_precisions=args.jax_precision,
+               data=args.data, jax_precisions=args.jax_precision, noise=args.noise_images,
                log=lambda text: print(text, file=sys.stderr, flush=True))
   result['environment'] = _environment()
   table = markdown(result)

@@ -77,6 +77,17 @@ def test_move_shifts_every_pixel_by_the_amount():
   assert trajectory.move(x, 0.0, seed=3) is x
 
 
+def test_noise_images_are_grey_and_reproducible():
+  x = np.zeros((2, 16, 16, 3), np.float32)
+  noise = trajectory.noise_like(x, seed=1)
+  assert noise.shape == x.shape and noise.dtype == np.float32
+  assert 0 <= noise.min() and noise.max() < 1 and noise.std() > 0.2
+  np.testing.assert_array_equal(noise[..., 0], noise[..., 2])
+  np.testing.assert_array_equal(trajectory.noise_like(x, seed=1), noise)
+  # Continuous values: no two equal pixels, so no ties in max pooling.
+  assert len(np.unique(noise[..., 0])) == noise[..., 0].size
+
+
 def test_tensor_comparisons():
   start = {'w': np.ones(4), 'b': np.zeros(2)}
   ref = {'w': np.full(4, 2.0), 'b': np.zeros(2)}  # training moved w by 1, b not at all
