@@ -75,6 +75,7 @@ SLOW = (
     'test_predict.py::test_command_lines_exit_status_and_messages',
     'test_benchmarks.py::test_conv_layers_step_inventories_the_train_step',
     'test_benchmarks.py::test_run_command_smoke',
+    'test_trajectory.py::test_trains_like_the_official_code',
     'test_sweep.py::test_quick_sweep_on_four_devices_survives_a_kill',
     'test_sweep.py::test_stacked_seeds_equal_their_solo_runs',
     'test_sweep.py::test_every_sweep_row_builds_its_model',
