@@ -101,9 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
   # tests' path; 'bfloat16' (mixed precision: parameters, optimizer state and
   # batch-norm statistics stay float32) is meant for GPUs and TPUs.
   c.model = ml_collections.ConfigDict(dict(name='ganet', options={}, dtype='float32'))
-  # SoftIoU; 'batch' sums over the whole batch (GaNet code), 'sample' averages
-  # the per-image ratio (GGL-Net code).
-  c.loss = ml_collections.ConfigDict(dict(reduction='batch', smooth=1.0))
+  # name: 'softiou' (the GaNet and GGL-Net codes) or 'edge_bce' (PAL's BCE,
+  # x4 on mask boundaries, averaged over the harder half of the pixels).
+  # SoftIoU's reduction: 'batch' sums over the whole batch (GaNet code),
+  # 'sample' averages the per-image ratio (GGL-Net code).
+  c.loss = ml_collections.ConfigDict(dict(name='softiou', reduction='batch', smooth=1.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=5e-4, b1=0.9, b2=0.999, eps=1e-8,
