@@ -9,14 +9,16 @@ From the official code (../shared/research/anchors.md):
   irstd_1k, i.e. native), bilinear (cv2 INTER_LINEAR) for images, nearest for
   masks; no augmentation; /255; 1 channel.
 * `gglnet`: GGL-Net's (MSDA-Net) code. Resize to `image_size` (default 512;
-  256 for nudt_sirst), then with probability 0.5 three distinct ops of the
-  albumentations `SomeOf` list, in random order: vertical / horizontal flip,
-  transpose, rotate-90 (each p 0.5), brightness +-0.2*255 and contrast
-  x[0.8, 1.2] (each p 0.2), rotate +-45 deg, shift +-10 %, scale x[0.8, 1.2]
-  (each p 0.5; bilinear images, nearest masks, reflect-101 borders), Gaussian
-  noise of variance 10..50 (p 0.2), two no-ops; /255; 3 channels (the grey
-  image repeated: our datasets store grey, where the official code reads the
-  PNG as RGB).
+  256 for nudt_sirst), then the albumentations `SomeOf(..., 3, p=0.5)` list
+  as albumentations 1.3.0 (the version the code pins) runs it (`Augment`):
+  with probability 0.5, three ops drawn with replacement, each with
+  probability its p / sum of the p's, each then applied: vertical /
+  horizontal flip, transpose, rotate-90 (p 0.5), brightness +-0.2*255 and
+  contrast x[0.8, 1.2] (p 0.2), rotate +-45 deg, shift +-10 %, scale
+  x[0.8, 1.2] (p 0.5; bilinear images, nearest masks, reflect-101 borders),
+  Gaussian noise of variance 10..50 (p 0.2), two no-ops (p 0.5); /255; 3
+  channels (the grey image repeated: our datasets store grey, where the
+  official code reads the PNG as RGB).
 
 Evaluation, for every recipe: the image at native size or resized to a side
 (`resize`), then `normalize`d; `resolve` says which side and normalisation.
@@ -279,11 +281,62 @@ def ganet(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
 def gglnet(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
            mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
   """GGL-Net's training example from an image already `resize`d."""
-  image = image.astype(np.float32)
-  if rng.random() < 0.5:
-    for op in rng.choice(12, size=3, replace=False):
-      image, mask = _gglnet_op(int(op), image, mask, rng)
+  image, mask = some_of(image.astype(np.float32), mask, rng, MSDA_AUGMENT)
   return normalize(np.asarray(image, np.float32), mean, std), mask
+
+
+# -- The albumentations SomeOf list of MSDA-Net ----------------------------------
+
+# The ops of the list, in its order; `_op` applies them.
+SOME_OF_OPS = ('vertical_flip', 'horizontal_flip', 'transpose', 'rotate90',
+               'brightness', 'contrast', 'rotate45', 'shift', 'scale',
+               'gauss_noise', 'no_op', 'no_op')
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """One `A.SomeOf([...], 3, p=0.5)` list of the codes, as albumentations 1.3.0 runs it.
+
+  MSDA-Net pins albumentations 1.3.0 (its README), whose `SomeOf`, with
+  probability `p`, draws `n` ops *with replacement*, op i with probability
+  weights[i] / sum(weights) (each op's own `p` serves only as a weight), and
+  applies each drawn op unconditionally (`force_apply=True`;
+  albumentations/core/composition.py, class SomeOf).
+
+  Attributes:
+    weights: each op's `p` in the list (`SOME_OF_OPS` order; NoOp's default 0.5).
+    brightness: RandomBrightness limit (x 255 grey levels, added).
+    contrast: RandomContrast limit (a factor in 1 +- limit).
+    n: ops drawn.
+    p: probability that the list runs at all.
+  """
+  weights: tuple[float, ...]
+  brightness: float
+  contrast: float
+  n: int = 3
+  p: float = 0.5
+
+
+# MSDA-Net's train_MSDA_Net.py (GGL-Net's code).
+MSDA_AUGMENT = Augment(weights=(.5, .5, .5, .5, .2, .2, .5, .5, .5, .2, .5, .5),
+                       brightness=0.2, contrast=0.2)
+
+
+def draw_ops(rng: np.random.Generator, augment: Augment) -> list[int]:
+  """The op indices one example gets (empty: the list did not run)."""
+  if rng.random() >= augment.p:
+    return []
+  weights = np.asarray(augment.weights, np.float64)
+  return [int(i) for i in rng.choice(len(weights), size=augment.n, replace=True,
+                                     p=weights / weights.sum())]
+
+
+def some_of(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            augment: Augment) -> tuple[np.ndarray, np.ndarray]:
+  """`augment` on a float image in grey levels [0, 255] and its mask."""
+  for op in draw_ops(rng, augment):
+    image, mask = _op(op, image, mask, rng, augment)
+  return image, mask
 
 
 def _warp(image, mask, matrix, offset):
@@ -323,36 +376,38 @@ def _about_center(shape, linear):
   return linear, center - linear @ center
 
 
-def _gglnet_op(op: int, image, mask, rng: np.random.Generator):
-  """One op of the MSDA-Net `A.SomeOf` list, each with its own probability."""
-  if op == 0 and rng.random() < 0.5:      # VerticalFlip
+def _op(op: int, image, mask, rng: np.random.Generator, augment: Augment):
+  """Op `op` of the `SomeOf` list (`SOME_OF_OPS`), applied for sure."""
+  if op == 0:                             # VerticalFlip
     return image[::-1], mask[::-1]
-  if op == 1 and rng.random() < 0.5:      # HorizontalFlip
+  if op == 1:                             # HorizontalFlip
     return image[:, ::-1], mask[:, ::-1]
-  if op == 2 and rng.random() < 0.5:      # Transpose
+  if op == 2:                             # Transpose
     return image.T, mask.T
-  if op == 3 and rng.random() < 0.5:      # RandomRotate90
+  if op == 3:                             # RandomRotate90
     turns = int(rng.integers(4))
     return np.rot90(image, turns), np.rot90(mask, turns)
-  if op == 4 and rng.random() < 0.2:      # RandomBrightness(0.2)
-    return np.clip(image + rng.uniform(-0.2, 0.2) * 255, 0, 255), mask
-  if op == 5 and rng.random() < 0.2:      # RandomContrast(0.2)
-    return np.clip(image * rng.uniform(0.8, 1.2), 0, 255), mask
-  if op == 6 and rng.random() < 0.5:      # Rotate(45)
+  if op == 4:                             # RandomBrightness(limit)
+    shift = rng.uniform(-augment.brightness, augment.brightness) * 255
+    return np.clip(image + shift, 0, 255), mask
+  if op == 5:                             # RandomContrast(limit)
+    factor = rng.uniform(1 - augment.contrast, 1 + augment.contrast)
+    return np.clip(image * factor, 0, 255), mask
+  if op == 6:                             # Rotate(45)
     angle = np.deg2rad(rng.uniform(-45, 45))
     cos, sin = np.cos(angle), np.sin(angle)
     matrix, offset = _about_center(image.shape,
                                    np.array([[cos, -sin], [sin, cos]]))
     return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 7 and rng.random() < 0.5:      # ShiftScaleRotate(shift 0.1)
+  if op == 7:                             # ShiftScaleRotate(shift 0.1)
     shift = rng.uniform(-0.1, 0.1, size=2) * np.asarray(image.shape)
     return _warp(np.ascontiguousarray(image), mask, np.eye(2), -shift)
-  if op == 8 and rng.random() < 0.5:      # ShiftScaleRotate(scale 0.2)
+  if op == 8:                             # ShiftScaleRotate(scale 0.2)
     scale = rng.uniform(0.8, 1.2)
     matrix, offset = _about_center(image.shape, np.eye(2) / scale)
     return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 9 and rng.random() < 0.2:      # GaussNoise(var 10..50)
+  if op == 9:                             # GaussNoise(var 10..50)
     sigma = np.sqrt(rng.uniform(10, 50))
     noisy = image + rng.normal(0, sigma, image.shape).astype(np.float32)
     return np.clip(noisy, 0, 255), mask
-  return image, mask                       # NoOp (10, 11) or not drawn.
+  return image, mask                       # NoOp (10, 11).

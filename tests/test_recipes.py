@@ -230,3 +230,24 @@ def test_gglnet_warps_match_scipy_and_keep_alignment():
     assert out[out_mask].mean() - out[~out_mask].mean() > 0.4
     changed += not np.array_equal(out_mask, square_mask)
   assert changed > 10  # Half the draws apply three ops; most move the square.
+
+
+@pytest.mark.parametrize('augment', [recipes.MSDA_AUGMENT])
+def test_some_of_draws_three_ops_with_replacement_weighted_by_their_p(augment):
+  """albumentations 1.3.0's SomeOf(ops, 3, p=0.5): with probability 0.5, three
+  draws with replacement, op i with probability p_i / sum(p); each applied."""
+  rng = np.random.default_rng(0)
+  draws = [recipes.draw_ops(rng, augment) for _ in range(20000)]
+  ran = [d for d in draws if d]
+  assert all(len(d) == 3 for d in ran)
+  assert abs(len(ran) / len(draws) - 0.5) < 0.015
+  counts = np.bincount(np.concatenate(ran), minlength=12) / (3 * len(ran))
+  weights = np.asarray(augment.weights) / sum(augment.weights)
+  np.testing.assert_allclose(counts, weights, atol=0.006)
+  # With replacement: the same op twice in about 1 - prod(1 - ...) of the draws.
+  repeats = np.mean([len(set(d)) < 3 for d in ran])
+  assert 0.2 < repeats < 0.35, repeats
+  # A drawn op is applied for sure: a drawn vertical flip always flips.
+  image = np.arange(12, dtype=np.float32).reshape(3, 4)
+  out, _ = recipes._op(0, image, image > 5, rng, augment)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(out, image[::-1])
