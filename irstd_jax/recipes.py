@@ -19,6 +19,14 @@ From the official code (../shared/research/anchors.md):
   Gaussian noise of variance 10..50 (p 0.2), two no-ops (p 0.5); /255; 3
   channels (the grey image repeated: our datasets store grey, where the
   official code reads the PNG as RGB).
+* `pal`: the PAL framework's fully supervised training (YuChuang1205/PAL,
+  which the GGL-Net authors recommend over their MSDA-Net code). A uniformly
+  placed random `crop_size` patch at native resolution (images smaller than
+  the crop padded with black, before normalising; no target bias), then
+  `PAL_AUGMENT` (the `gglnet` list with brightness / contrast 0.3 and rotate
+  p 0.3); normalised by the training split's mean / std (mean of per-image
+  means and of per-image stds, PAL's `Calculate_mean_std` over its training
+  folder); 3 channels.
 
 Evaluation, for every recipe: the image at native size or resized to a side
 (`resize`), then `normalize`d; `resolve` says which side and normalisation.
@@ -38,14 +46,14 @@ import PIL.Image
 from irstd_jax.datasets import catalog
 from irstd_jax.datasets import imageio
 
-RECIPES = ('basicirstd', 'ganet', 'gglnet')
+RECIPES = ('basicirstd', 'ganet', 'gglnet', 'pal')
 
 UNIT = (0.0, 255.0)
 # The resize side on datasets whose images do not share one (GaNet's
 # base_size, MSDA-Net's IMAGE_SIZE); on those that do, the recipes train at
 # it (catalog.Dataset.image_size). basicirstd crops instead.
 _DEFAULT_SIZE = {'ganet': 256, 'gglnet': 512}
-_CHANNELS = {'basicirstd': 1, 'ganet': 1, 'gglnet': 3}
+_CHANNELS = {'basicirstd': 1, 'ganet': 1, 'gglnet': 3, 'pal': 3}
 
 
 def check(recipe: str) -> None:
@@ -80,14 +88,18 @@ def normalization(name: str) -> tuple[float, float]:
 
 _named_normalization = normalization  # `resolve` has an argument of that name.
 
+# The normalisation measured on the training split itself (PAL's).
+TRAIN_SPLIT = 'train_split'
 
-def dataset_mean_std(source) -> tuple[float, float]:
+
+def dataset_mean_std(source, *, measure: bool = False) -> tuple[float, float]:
   """Mean of per-image means and stds (BasicIRSTD's rule for new datasets).
 
   A built dataset carries them (`Source.mean_std`, over all its splits);
-  other sequences of example dicts are measured here.
+  with `measure`, or for other sequences of example dicts, the images of
+  `source` itself are measured.
   """
-  stats = getattr(source, 'mean_std', None)
+  stats = None if measure else getattr(source, 'mean_std', None)
   if stats:
     return float(stats[0]), float(stats[1])
   means, stds = [], []
@@ -109,7 +121,7 @@ class InputSpec:
   """The input side of a run, every field concrete.
 
   Attributes:
-    recipe: 'basicirstd', 'ganet' or 'gglnet'.
+    recipe: one of `RECIPES`.
     train_size: the side of the training images (the crop, or the resize).
     eval_resolution: 'native' or the side evaluation images are resized to.
     num_channels: channels of the images (the grey image repeated).
@@ -135,7 +147,7 @@ def _positive(name: str, value: Any) -> int:
 
 def train_size(recipe: str, dataset: str | None, *,
                image_size: int | None = None, crop_size: int = 256) -> int:
-  """The side of the training images: basicirstd's crop, else the resize.
+  """The side of the training images: the crop (basicirstd, pal), else the resize.
 
   `image_size=None` resizes to the dataset's own side where all its images
   share one (catalog), else to the recipe's default (ganet 256, gglnet 512).
@@ -171,21 +183,23 @@ def resolve(recipe: str, dataset: str | None, *,
   """The concrete input values for `recipe` on `dataset`.
 
   Args:
-    recipe: 'basicirstd', 'ganet' or 'gglnet' (see the module docstring).
+    recipe: one of `RECIPES` (see the module docstring).
     dataset: the dataset's name (catalog), or None for other data.
     image_size: ganet / gglnet resize side; None: the dataset's own side where
       its images share one, else 256 (ganet) / 512 (gglnet).
-    crop_size: basicirstd's patch side.
-    num_channels: None: 1, or 3 for gglnet.
+    crop_size: basicirstd's and pal's patch side.
+    num_channels: None: 1, or 3 for gglnet and pal.
     normalization: None (/255 for ganet / gglnet; for basicirstd the
-      dataset's BasicIRSTD values, else its own statistics), a name
-      (`normalization()`) or (mean, std) in grey levels.
+      dataset's BasicIRSTD values, else its own statistics; for pal
+      'train_split'), a name (`normalization()`, or 'train_split': the mean
+      of per-image means and stds of `train_source` itself) or (mean, std)
+      in grey levels.
     resolution: evaluation's: 'native', a side, 'train' (the training size)
       or 'recipe' (the recipe's default size for the dataset; native for
       basicirstd).
-    train_source: a split of the dataset (a built dataset's statistics cover
+    train_source: the training split (a built dataset's statistics cover
       all its splits), read only when basicirstd needs the dataset's own
-      statistics.
+      statistics or the normalisation is 'train_split'.
 
   Returns:
     An `InputSpec`.
@@ -193,7 +207,14 @@ def resolve(recipe: str, dataset: str | None, *,
   check(recipe)
   size = train_size(recipe, dataset, image_size=image_size,
                     crop_size=crop_size)
-  if normalization is None:
+  if normalization is None and recipe == 'pal':
+    normalization = TRAIN_SPLIT
+  if isinstance(normalization, str) and normalization == TRAIN_SPLIT:
+    if train_source is None:
+      raise ValueError("normalization='train_split' measures the training "
+                       'split: pass train_source=.')
+    mean_std = dataset_mean_std(train_source, measure=True)
+  elif normalization is None:
     known = catalog.find(dataset)
     if recipe != 'basicirstd':
       mean_std = UNIT
@@ -285,7 +306,30 @@ def gglnet(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
   return normalize(np.asarray(image, np.float32), mean, std), mask
 
 
-# -- The albumentations SomeOf list of MSDA-Net ----------------------------------
+def pal(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
+        crop: int, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+  """PAL's training example from a native (H, W) uint8 image.
+
+  PAL (YuChuang1205/PAL, components/dataset_final_...py `random_crop`, then
+  train_model.py `train_transform`): pad with black (grey level 0, before
+  normalising) at the bottom / right up to `crop` where the image is smaller,
+  take a uniformly placed `crop` patch (no bias towards targets), apply
+  `PAL_AUGMENT`, normalise.
+  """
+  height, width = image.shape
+  padded_h, padded_w = max(height, crop), max(width, crop)
+  if (padded_h, padded_w) != (height, width):
+    image = np.pad(image, ((0, padded_h - height), (0, padded_w - width)))
+    mask = np.pad(mask, ((0, padded_h - height), (0, padded_w - width)))
+  top = int(rng.integers(0, padded_h - crop + 1))
+  left = int(rng.integers(0, padded_w - crop + 1))
+  patch = image[top:top + crop, left:left + crop].astype(np.float32)
+  patch_mask = mask[top:top + crop, left:left + crop]
+  patch, patch_mask = some_of(patch, patch_mask, rng, PAL_AUGMENT)
+  return normalize(np.asarray(patch, np.float32), mean, std), patch_mask
+
+
+# -- The albumentations SomeOf list of MSDA-Net and PAL -------------------------
 
 # The ops of the list, in its order; `_op` applies them.
 SOME_OF_OPS = ('vertical_flip', 'horizontal_flip', 'transpose', 'rotate90',
@@ -297,7 +341,7 @@ SOME_OF_OPS = ('vertical_flip', 'horizontal_flip', 'transpose', 'rotate90',
 class Augment:
   """One `A.SomeOf([...], 3, p=0.5)` list of the codes, as albumentations 1.3.0 runs it.
 
-  MSDA-Net pins albumentations 1.3.0 (its README), whose `SomeOf`, with
+  MSDA-Net and PAL pin albumentations 1.3.0 (their READMEs), whose `SomeOf`, with
   probability `p`, draws `n` ops *with replacement*, op i with probability
   weights[i] / sum(weights) (each op's own `p` serves only as a weight), and
   applies each drawn op unconditionally (`force_apply=True`;
@@ -320,6 +364,9 @@ class Augment:
 # MSDA-Net's train_MSDA_Net.py (GGL-Net's code).
 MSDA_AUGMENT = Augment(weights=(.5, .5, .5, .5, .2, .2, .5, .5, .5, .2, .5, .5),
                        brightness=0.2, contrast=0.2)
+# PAL's train_model.py: brightness / contrast 0.3 and Rotate p 0.3, else the same.
+PAL_AUGMENT = Augment(weights=(.5, .5, .5, .5, .2, .2, .3, .5, .5, .2, .5, .5),
+                      brightness=0.3, contrast=0.3)
 
 
 def draw_ops(rng: np.random.Generator, augment: Augment) -> list[int]:

@@ -45,6 +45,7 @@ from irstd_jax import evaluation
 from irstd_jax import input_pipeline
 from irstd_jax import metric_writers
 from irstd_jax import models
+from irstd_jax import recipes
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax.evaluation import pictures
@@ -594,7 +595,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.create_mesh(devices)
   split = split or config_lib.splits(config)[1]
   (source,) = load_sources(config, (split,))
-  config = config_lib.resolve(config, source)
+  statistics = source
+  if config.input.normalization == recipes.TRAIN_SPLIT and config.input.mean is None:
+    (statistics,) = load_sources(config, config_lib.splits(config)[:1])  # As in training.
+  config = config_lib.resolve(config, statistics)
   model = create_model(config)
   state = steps.create_state(
       model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
@@ -623,8 +627,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                 {'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint), 'seconds': round(seconds, 2),
                  'compilation': compiled.as_dict(),
-                 'eval': {k: config.eval[k] for k in ('resolution', 'pad_multiple',
-                                                      'max_shapes', 'batch_size')},
+                 'eval': {k: config.eval.get(k) for k in ('resolution', 'pad_multiple', 'pad',
+                                                          'max_shapes', 'batch_size')},
                  'metrics': metric_writers.to_json(result.metrics)})
   _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
                               count_params(model)))

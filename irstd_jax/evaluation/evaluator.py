@@ -138,7 +138,8 @@ class Evaluator:
     return input_pipeline.eval_batches(
         self.source, batch_size=ev.batch_size, resolution=ev.resolution,
         pad_multiple=ev.pad_multiple, max_shapes=ev.max_shapes,
-        num_channels=inp.num_channels, mean_std=(inp.mean, inp.std))
+        num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
+        pad_value=input_pipeline.pad_value_for(ev.get('pad', 'zero'), (inp.mean, inp.std)))
 
   def _padded(self, batch: dict[str, Any]) -> dict[str, Any]:
     return sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
