@@ -14,7 +14,7 @@ Protocol (YuChuang1205/MSDA-Net train_MSDA_Net.py; GGL-Net paper III-B):
 `protocol=pal`: the PAL framework's fully supervised training, which the
 GGL-Net authors recommend over the MSDA-Net code (YuChuang1205/PAL
 train_model.py; docs/reproducing.md): BasicIRSTD's splits (213/214, 663/664;
-IRSTD-1k 800/201), random 256 crops at native
+IRSTD-1k 800/201; `dataset=sirst3` 1676/1079), random 256 crops at native
 scale with the same SomeOf list (brightness / contrast 0.3, rotate p 0.3),
 3 channels normalised by the training images' mean / std; AdamW lr 1e-3
 (weight decay 0.01), constant, batch 16, 400 epochs; edge-weighted BCE on
@@ -34,6 +34,8 @@ Run:
       --config.dataset.source_dir=PATH/TO/sirst
   python -m irstd_jax.main --config=configs/gglnet.py:protocol=pal --workdir=workdirs/gglnet_pal \
       --config.dataset.source_dir=PATH/TO/sirst
+  python -m irstd_jax.main --config=configs/gglnet.py:protocol=pal,dataset=sirst3 \
+      --workdir=workdirs/gglnet_pal_sirst3 --config.dataset.source_dir=PATH/TO/datasets
 Quick offline demo:
   python -m irstd_jax.main --config=configs/gglnet.py:quick --workdir=workdirs/quick_ggl
 """
