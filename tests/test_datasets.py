@@ -668,3 +668,10 @@ def test_sirst3_names_each_missing_part_and_where_it_goes(tmp_path):
   assert f'IRSTD-1k (part irstd_1k): put it at {root}/IRSTD-1K' in message
   assert 'NUAA' not in message.split('not found')[1].split('Fix')[0]
   assert 'source_dir' in message
+
+
+def test_sirst3_without_source_dir_points_at_datasets(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # No ./datasets here.
+  with pytest.raises(ValueError, match=r'(?s)3 of its 3 parts not found \(no source_dir given\)'
+                                       r'.*put it at datasets/NUAA-SIRST'):
+    datasets.load('sirst3', 'train', data_dir=tmp_path / 'tfds')

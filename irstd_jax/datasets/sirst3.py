@@ -109,13 +109,15 @@ all three in this layout; datasets/README.md says where else to get each."""
     roots = {p.name: None if root is None else self._part_root(root, p) for p in PARTS}
     missing = [p for p in PARTS if roots[p.name] is None]
     if missing:
-      where = root if root is not None else 'source_dir (none given; ./datasets has none)'
+      # Without a source_dir the default place is ./datasets (the checkout's download folder).
+      where = root if root is not None else pathlib.Path('datasets')
       lines = '\n'.join(
           f'  {p.title} (part {p.name}): put it at {where}/{_SUGGESTED[p.name]} '
           f'(or any of {list(_part_folder_names(p))}) holding {p.layout}'
           for p in missing)
       raise ValueError(
-          f'sirst3: {len(missing)} of its 3 parts not found.\n{lines}\nFix: '
+          f'sirst3: {len(missing)} of its 3 parts not found'
+          f'{"" if root is not None else " (no source_dir given)"}.\n{lines}\nFix: '
           'keep the three parts as sub-folders of one folder (BasicIRSTD\'s '
           'datasets/ layout) and pass that folder as source_dir= '
           '(--config.dataset.source_dir), or unpack them under ./datasets/. '
