@@ -121,6 +121,11 @@ def _arrays(source) -> _Arrays:
 def _train_transform(recipe: str, size: int, mean: float, std: float
                      ) -> Callable:
   """(data, index, rng) -> one training example of `recipe`, from the cache."""
+  if recipe == 'pal':
+    def pal_crop(data: _Arrays, index: int, rng: np.random.Generator):
+      return recipes.pal(data.images[index], data.masks[index], rng, crop=size,
+                         mean=mean, std=std)
+    return pal_crop
   if not recipes.resizes(recipe):
     def crop(data: _Arrays, index: int, rng: np.random.Generator):
       return recipes.basicirstd(data.images[index], data.masks[index], rng,
@@ -258,11 +263,11 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
 
   Args:
     source: a `datasets.load` source (or any sequence of example dicts).
-    recipe: 'basicirstd', 'ganet' or 'gglnet' (see `recipes`).
+    recipe: one of `recipes.RECIPES`.
     batch_size: the global batch size (over all processes).
     seed: the data seed (order and augmentation).
-    size: the side of the training images: basicirstd's crop, ganet /
-      gglnet's resize (`recipes.resolve(...).train_size`).
+    size: the side of the training images: basicirstd's and pal's crop,
+      ganet / gglnet's resize (`recipes.resolve(...).train_size`).
     num_channels: channels of `image`; the grey image is repeated.
     mean_std: (mean, std) in grey levels.
     process_index, process_count: default `jax.process_index()` / `_count()`.
@@ -351,7 +356,8 @@ def _smallest_fit(shape, buckets):
 def eval_batches(source, *, batch_size: int, resolution: str | int,
                  num_channels: int, mean_std: Sequence[float],
                  pad_multiple: int = 32,
-                 max_shapes: int = 0) -> Iterator[dict[str, Any]]:
+                 max_shapes: int = 0,
+                 pad_value: float = 0.0) -> Iterator[dict[str, Any]]:
   """Fixed-size evaluation batches of the whole split, every image once.
 
   Yields dict(image float32 (B, H, W, C), mask float32 (B, H, W) in {0, 1},
@@ -372,6 +378,9 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
     max_shapes: native mode: 0 pads each image alone (the reference's
       protocol, one compilation per distinct padded shape); N > 0 pads into
       at most N bucket shapes (faster to compile, not the reference's numbers).
+    pad_value: what native-mode padding holds, in normalised units: 0
+      (BasicIRSTD pads after normalising) or `pad_value_for('black', ...)`
+      (PAL pads the raw image with grey level 0).
   """
   _concrete(resolution=resolution, num_channels=num_channels,
             mean_std=mean_std)
@@ -397,7 +406,7 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
   for (height, width), indices in groups:
     for start in range(0, len(indices), batch_size):
       chunk = indices[start:start + batch_size]
-      image = np.zeros((batch_size, height, width), np.float32)
+      image = np.full((batch_size, height, width), pad_value, np.float32)
       mask = np.zeros((batch_size, height, width), np.float32)
       valid = np.zeros((batch_size, height, width), bool)
       ids = [''] * batch_size
@@ -416,6 +425,19 @@ def eval_batches(source, *, batch_size: int, resolution: str | int,
         image = np.repeat(image, num_channels, axis=-1)
       yield {'image': image, 'mask': mask, 'valid': valid, 'id': ids,
              'canvas': _smallest_fit((height, width), canvases)}
+
+
+PADS = ('zero', 'black')
+
+
+def pad_value_for(pad: str, mean_std: Sequence[float]) -> float:
+  """The normalised value of evaluation padding: 'zero' (0 after normalising:
+  BasicIRSTD, GaNet) or 'black' (grey level 0 before normalising: PAL)."""
+  if pad == 'zero':
+    return 0.0
+  if pad == 'black':
+    return float(recipes.normalize(np.zeros((), np.uint8), *mean_std))
+  raise ValueError(f'eval.pad={pad!r}: use one of {PADS}.')
 
 
 # -- Devices -------------------------------------------------------------------

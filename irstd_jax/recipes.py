@@ -9,14 +9,24 @@ From the official code (../shared/research/anchors.md):
   irstd_1k, i.e. native), bilinear (cv2 INTER_LINEAR) for images, nearest for
   masks; no augmentation; /255; 1 channel.
 * `gglnet`: GGL-Net's (MSDA-Net) code. Resize to `image_size` (default 512;
-  256 for nudt_sirst), then with probability 0.5 three distinct ops of the
-  albumentations `SomeOf` list, in random order: vertical / horizontal flip,
-  transpose, rotate-90 (each p 0.5), brightness +-0.2*255 and contrast
-  x[0.8, 1.2] (each p 0.2), rotate +-45 deg, shift +-10 %, scale x[0.8, 1.2]
-  (each p 0.5; bilinear images, nearest masks, reflect-101 borders), Gaussian
-  noise of variance 10..50 (p 0.2), two no-ops; /255; 3 channels (the grey
-  image repeated: our datasets store grey, where the official code reads the
-  PNG as RGB).
+  256 for nudt_sirst), then the albumentations `SomeOf(..., 3, p=0.5)` list
+  as albumentations 1.3.0 (the version the code pins) runs it (`Augment`):
+  with probability 0.5, three ops drawn with replacement, each with
+  probability its p / sum of the p's, each then applied: vertical /
+  horizontal flip, transpose, rotate-90 (p 0.5), brightness +-0.2*255 and
+  contrast x[0.8, 1.2] (p 0.2), rotate +-45 deg, shift +-10 %, scale
+  x[0.8, 1.2] (p 0.5; bilinear images, nearest masks, reflect-101 borders),
+  Gaussian noise of variance 10..50 (p 0.2), two no-ops (p 0.5); /255; 3
+  channels (the grey image repeated: our datasets store grey, where the
+  official code reads the PNG as RGB).
+* `pal`: the PAL framework's fully supervised training (YuChuang1205/PAL,
+  which the GGL-Net authors recommend over their MSDA-Net code). A uniformly
+  placed random `crop_size` patch at native resolution (images smaller than
+  the crop padded with black, before normalising; no target bias), then
+  `PAL_AUGMENT` (the `gglnet` list with brightness / contrast 0.3 and rotate
+  p 0.3); normalised by the training split's mean / std (mean of per-image
+  means and of per-image stds, PAL's `Calculate_mean_std` over its training
+  folder); 3 channels.
 
 Evaluation, for every recipe: the image at native size or resized to a side
 (`resize`), then `normalize`d; `resolve` says which side and normalisation.
@@ -36,14 +46,14 @@ import PIL.Image
 from irstd_jax.datasets import catalog
 from irstd_jax.datasets import imageio
 
-RECIPES = ('basicirstd', 'ganet', 'gglnet')
+RECIPES = ('basicirstd', 'ganet', 'gglnet', 'pal')
 
 UNIT = (0.0, 255.0)
 # The resize side on datasets whose images do not share one (GaNet's
 # base_size, MSDA-Net's IMAGE_SIZE); on those that do, the recipes train at
 # it (catalog.Dataset.image_size). basicirstd crops instead.
 _DEFAULT_SIZE = {'ganet': 256, 'gglnet': 512}
-_CHANNELS = {'basicirstd': 1, 'ganet': 1, 'gglnet': 3}
+_CHANNELS = {'basicirstd': 1, 'ganet': 1, 'gglnet': 3, 'pal': 3}
 
 
 def check(recipe: str) -> None:
@@ -78,14 +88,18 @@ def normalization(name: str) -> tuple[float, float]:
 
 _named_normalization = normalization  # `resolve` has an argument of that name.
 
+# The normalisation measured on the training split itself (PAL's).
+TRAIN_SPLIT = 'train_split'
 
-def dataset_mean_std(source) -> tuple[float, float]:
+
+def dataset_mean_std(source, *, measure: bool = False) -> tuple[float, float]:
   """Mean of per-image means and stds (BasicIRSTD's rule for new datasets).
 
   A built dataset carries them (`Source.mean_std`, over all its splits);
-  other sequences of example dicts are measured here.
+  with `measure`, or for other sequences of example dicts, the images of
+  `source` itself are measured.
   """
-  stats = getattr(source, 'mean_std', None)
+  stats = None if measure else getattr(source, 'mean_std', None)
   if stats:
     return float(stats[0]), float(stats[1])
   means, stds = [], []
@@ -107,7 +121,7 @@ class InputSpec:
   """The input side of a run, every field concrete.
 
   Attributes:
-    recipe: 'basicirstd', 'ganet' or 'gglnet'.
+    recipe: one of `RECIPES`.
     train_size: the side of the training images (the crop, or the resize).
     eval_resolution: 'native' or the side evaluation images are resized to.
     num_channels: channels of the images (the grey image repeated).
@@ -133,7 +147,7 @@ def _positive(name: str, value: Any) -> int:
 
 def train_size(recipe: str, dataset: str | None, *,
                image_size: int | None = None, crop_size: int = 256) -> int:
-  """The side of the training images: basicirstd's crop, else the resize.
+  """The side of the training images: the crop (basicirstd, pal), else the resize.
 
   `image_size=None` resizes to the dataset's own side where all its images
   share one (catalog), else to the recipe's default (ganet 256, gglnet 512).
@@ -169,21 +183,23 @@ def resolve(recipe: str, dataset: str | None, *,
   """The concrete input values for `recipe` on `dataset`.
 
   Args:
-    recipe: 'basicirstd', 'ganet' or 'gglnet' (see the module docstring).
+    recipe: one of `RECIPES` (see the module docstring).
     dataset: the dataset's name (catalog), or None for other data.
     image_size: ganet / gglnet resize side; None: the dataset's own side where
       its images share one, else 256 (ganet) / 512 (gglnet).
-    crop_size: basicirstd's patch side.
-    num_channels: None: 1, or 3 for gglnet.
+    crop_size: basicirstd's and pal's patch side.
+    num_channels: None: 1, or 3 for gglnet and pal.
     normalization: None (/255 for ganet / gglnet; for basicirstd the
-      dataset's BasicIRSTD values, else its own statistics), a name
-      (`normalization()`) or (mean, std) in grey levels.
+      dataset's BasicIRSTD values, else its own statistics; for pal
+      'train_split'), a name (`normalization()`, or 'train_split': the mean
+      of per-image means and stds of `train_source` itself) or (mean, std)
+      in grey levels.
     resolution: evaluation's: 'native', a side, 'train' (the training size)
       or 'recipe' (the recipe's default size for the dataset; native for
       basicirstd).
-    train_source: a split of the dataset (a built dataset's statistics cover
+    train_source: the training split (a built dataset's statistics cover
       all its splits), read only when basicirstd needs the dataset's own
-      statistics.
+      statistics or the normalisation is 'train_split'.
 
   Returns:
     An `InputSpec`.
@@ -191,7 +207,14 @@ def resolve(recipe: str, dataset: str | None, *,
   check(recipe)
   size = train_size(recipe, dataset, image_size=image_size,
                     crop_size=crop_size)
-  if normalization is None:
+  if normalization is None and recipe == 'pal':
+    normalization = TRAIN_SPLIT
+  if isinstance(normalization, str) and normalization == TRAIN_SPLIT:
+    if train_source is None:
+      raise ValueError("normalization='train_split' measures the training "
+                       'split: pass train_source=.')
+    mean_std = dataset_mean_std(train_source, measure=True)
+  elif normalization is None:
     known = catalog.find(dataset)
     if recipe != 'basicirstd':
       mean_std = UNIT
@@ -279,11 +302,88 @@ def ganet(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
 def gglnet(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
            mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
   """GGL-Net's training example from an image already `resize`d."""
-  image = image.astype(np.float32)
-  if rng.random() < 0.5:
-    for op in rng.choice(12, size=3, replace=False):
-      image, mask = _gglnet_op(int(op), image, mask, rng)
+  image, mask = some_of(image.astype(np.float32), mask, rng, MSDA_AUGMENT)
   return normalize(np.asarray(image, np.float32), mean, std), mask
+
+
+def pal(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
+        crop: int, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+  """PAL's training example from a native (H, W) uint8 image.
+
+  PAL (YuChuang1205/PAL, components/dataset_final_...py `random_crop`, then
+  train_model.py `train_transform`): pad with black (grey level 0, before
+  normalising) at the bottom / right up to `crop` where the image is smaller,
+  take a uniformly placed `crop` patch (no bias towards targets), apply
+  `PAL_AUGMENT`, normalise.
+  """
+  height, width = image.shape
+  padded_h, padded_w = max(height, crop), max(width, crop)
+  if (padded_h, padded_w) != (height, width):
+    image = np.pad(image, ((0, padded_h - height), (0, padded_w - width)))
+    mask = np.pad(mask, ((0, padded_h - height), (0, padded_w - width)))
+  top = int(rng.integers(0, padded_h - crop + 1))
+  left = int(rng.integers(0, padded_w - crop + 1))
+  patch = image[top:top + crop, left:left + crop].astype(np.float32)
+  patch_mask = mask[top:top + crop, left:left + crop]
+  patch, patch_mask = some_of(patch, patch_mask, rng, PAL_AUGMENT)
+  return normalize(np.asarray(patch, np.float32), mean, std), patch_mask
+
+
+# -- The albumentations SomeOf list of MSDA-Net and PAL -------------------------
+
+# The ops of the list, in its order; `_op` applies them.
+SOME_OF_OPS = ('vertical_flip', 'horizontal_flip', 'transpose', 'rotate90',
+               'brightness', 'contrast', 'rotate45', 'shift', 'scale',
+               'gauss_noise', 'no_op', 'no_op')
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """One `A.SomeOf([...], 3, p=0.5)` list of the codes, as albumentations 1.3.0 runs it.
+
+  MSDA-Net and PAL pin albumentations 1.3.0 (their READMEs), whose `SomeOf`, with
+  probability `p`, draws `n` ops *with replacement*, op i with probability
+  weights[i] / sum(weights) (each op's own `p` serves only as a weight), and
+  applies each drawn op unconditionally (`force_apply=True`;
+  albumentations/core/composition.py, class SomeOf).
+
+  Attributes:
+    weights: each op's `p` in the list (`SOME_OF_OPS` order; NoOp's default 0.5).
+    brightness: RandomBrightness limit (x 255 grey levels, added).
+    contrast: RandomContrast limit (a factor in 1 +- limit).
+    n: ops drawn.
+    p: probability that the list runs at all.
+  """
+  weights: tuple[float, ...]
+  brightness: float
+  contrast: float
+  n: int = 3
+  p: float = 0.5
+
+
+# MSDA-Net's train_MSDA_Net.py (GGL-Net's code).
+MSDA_AUGMENT = Augment(weights=(.5, .5, .5, .5, .2, .2, .5, .5, .5, .2, .5, .5),
+                       brightness=0.2, contrast=0.2)
+# PAL's train_model.py: brightness / contrast 0.3 and Rotate p 0.3, else the same.
+PAL_AUGMENT = Augment(weights=(.5, .5, .5, .5, .2, .2, .3, .5, .5, .2, .5, .5),
+                      brightness=0.3, contrast=0.3)
+
+
+def draw_ops(rng: np.random.Generator, augment: Augment) -> list[int]:
+  """The op indices one example gets (empty: the list did not run)."""
+  if rng.random() >= augment.p:
+    return []
+  weights = np.asarray(augment.weights, np.float64)
+  return [int(i) for i in rng.choice(len(weights), size=augment.n, replace=True,
+                                     p=weights / weights.sum())]
+
+
+def some_of(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            augment: Augment) -> tuple[np.ndarray, np.ndarray]:
+  """`augment` on a float image in grey levels [0, 255] and its mask."""
+  for op in draw_ops(rng, augment):
+    image, mask = _op(op, image, mask, rng, augment)
+  return image, mask
 
 
 def _warp(image, mask, matrix, offset):
@@ -323,36 +423,38 @@ def _about_center(shape, linear):
   return linear, center - linear @ center
 
 
-def _gglnet_op(op: int, image, mask, rng: np.random.Generator):
-  """One op of the MSDA-Net `A.SomeOf` list, each with its own probability."""
-  if op == 0 and rng.random() < 0.5:      # VerticalFlip
+def _op(op: int, image, mask, rng: np.random.Generator, augment: Augment):
+  """Op `op` of the `SomeOf` list (`SOME_OF_OPS`), applied for sure."""
+  if op == 0:                             # VerticalFlip
     return image[::-1], mask[::-1]
-  if op == 1 and rng.random() < 0.5:      # HorizontalFlip
+  if op == 1:                             # HorizontalFlip
     return image[:, ::-1], mask[:, ::-1]
-  if op == 2 and rng.random() < 0.5:      # Transpose
+  if op == 2:                             # Transpose
     return image.T, mask.T
-  if op == 3 and rng.random() < 0.5:      # RandomRotate90
+  if op == 3:                             # RandomRotate90
     turns = int(rng.integers(4))
     return np.rot90(image, turns), np.rot90(mask, turns)
-  if op == 4 and rng.random() < 0.2:      # RandomBrightness(0.2)
-    return np.clip(image + rng.uniform(-0.2, 0.2) * 255, 0, 255), mask
-  if op == 5 and rng.random() < 0.2:      # RandomContrast(0.2)
-    return np.clip(image * rng.uniform(0.8, 1.2), 0, 255), mask
-  if op == 6 and rng.random() < 0.5:      # Rotate(45)
+  if op == 4:                             # RandomBrightness(limit)
+    shift = rng.uniform(-augment.brightness, augment.brightness) * 255
+    return np.clip(image + shift, 0, 255), mask
+  if op == 5:                             # RandomContrast(limit)
+    factor = rng.uniform(1 - augment.contrast, 1 + augment.contrast)
+    return np.clip(image * factor, 0, 255), mask
+  if op == 6:                             # Rotate(45)
     angle = np.deg2rad(rng.uniform(-45, 45))
     cos, sin = np.cos(angle), np.sin(angle)
     matrix, offset = _about_center(image.shape,
                                    np.array([[cos, -sin], [sin, cos]]))
     return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 7 and rng.random() < 0.5:      # ShiftScaleRotate(shift 0.1)
+  if op == 7:                             # ShiftScaleRotate(shift 0.1)
     shift = rng.uniform(-0.1, 0.1, size=2) * np.asarray(image.shape)
     return _warp(np.ascontiguousarray(image), mask, np.eye(2), -shift)
-  if op == 8 and rng.random() < 0.5:      # ShiftScaleRotate(scale 0.2)
+  if op == 8:                             # ShiftScaleRotate(scale 0.2)
     scale = rng.uniform(0.8, 1.2)
     matrix, offset = _about_center(image.shape, np.eye(2) / scale)
     return _warp(np.ascontiguousarray(image), mask, matrix, offset)
-  if op == 9 and rng.random() < 0.2:      # GaussNoise(var 10..50)
+  if op == 9:                             # GaussNoise(var 10..50)
     sigma = np.sqrt(rng.uniform(10, 50))
     noisy = image + rng.normal(0, sigma, image.shape).astype(np.float32)
     return np.clip(noisy, 0, 255), mask
-  return image, mask                       # NoOp (10, 11) or not drawn.
+  return image, mask                       # NoOp (10, 11).

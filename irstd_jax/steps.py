@@ -27,11 +27,24 @@ from irstd_jax import losses
 from irstd_jax import sharding
 
 
-def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], reduction: str,
-            smooth: float) -> jax.Array:
-  """SoftIoU of the model's logits against the batch's masks."""
-  return losses.soft_iou_loss(model(batch['image']), batch['mask'],
-                              reduction=reduction, smooth=smooth)
+LOSSES = ('softiou', 'edge_bce')
+
+
+def loss_fn(model: nnx.Module, batch: dict[str, jax.Array],
+            loss_options: tuple[str, str, float]) -> jax.Array:
+  """The config's loss of the model's logits against the batch's masks.
+
+  `loss_options` is (name, reduction, smooth): 'softiou' (the GaNet and
+  GGL-Net codes; reduction and smooth apply) or 'edge_bce' (PAL's
+  edge-weighted BCE on the harder half of the pixels; `losses.edge_bce_loss`).
+  """
+  name, reduction, smooth = loss_options
+  logits = model(batch['image'])
+  if name == 'edge_bce':
+    return losses.edge_bce_loss(logits, batch['mask'])
+  if name != 'softiou':
+    raise ValueError(f'loss.name must be one of {LOSSES}, got {name!r}.')
+  return losses.soft_iou_loss(logits, batch['mask'], reduction=reduction, smooth=smooth)
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -62,7 +75,7 @@ def jitted(fn: Callable[..., Any], platform: str, donate_argnums: tuple[int, ...
 
 
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
-               graphdefs: tuple[Any, Any], loss_options: tuple[str, float],
+               graphdefs: tuple[Any, Any], loss_options: tuple[str, str, float],
                mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
@@ -71,7 +84,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
       XLA updates it in place.
     batch: image (B, S, S, C) and mask (B, S, S, 1), sharded on 'data'.
     graphdefs: the model's (train mode) and the optimizer's graph definitions.
-    loss_options: SoftIoU (reduction, smooth).
+    loss_options: (name, reduction, smooth) of the loss (`loss_fn`).
     mesh: the device mesh.
 
   Returns:
@@ -79,8 +92,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   """
   model = nnx.merge(graphdefs[0], state['model'])
   optimizer = nnx.merge(graphdefs[1], state['opt'])
-  reduction, smooth = loss_options
-  loss, grads = nnx.value_and_grad(loss_fn)(model, batch, reduction, smooth)
+  loss, grads = nnx.value_and_grad(loss_fn)(model, batch, loss_options)
   optimizer.update(model, grads)
   outputs = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   new_state = {'model': nnx.to_pure_dict(nnx.state(model)),
@@ -109,7 +121,8 @@ def make_train_step(model: nnx.Module, optimizer: nnx.Optimizer,
       jitted(stacked_train_step if stacked else train_step, mesh.devices.flat[0].platform,
              donate_argnums=(0,), static_argnames=('graphdefs', 'loss_options', 'mesh')),
       graphdefs=(nnx.graphdef(model), nnx.graphdef(optimizer)),
-      loss_options=(config.loss.reduction, float(config.loss.smooth)), mesh=mesh)
+      loss_options=(config.loss.get('name', 'softiou'), config.loss.reduction,
+                    float(config.loss.smooth)), mesh=mesh)
   return step, create_state(model, optimizer, mesh)
 
 

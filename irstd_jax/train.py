@@ -45,6 +45,7 @@ from irstd_jax import evaluation
 from irstd_jax import input_pipeline
 from irstd_jax import metric_writers
 from irstd_jax import models
+from irstd_jax import recipes
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax.evaluation import pictures
@@ -478,7 +479,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
               _write_json(os.path.join(run.workdir, f'eval_{config.eval.split}_final.json'),
                           {'step': step, 'epoch': epoch, 'split': config.eval.split,
                            'checkpoint': 'final',
-                           'metrics': metric_writers.to_json(result.metrics)})
+                           'metrics': metric_writers.to_json(result.metrics),
+                           **_parts_json(result)})
           scalars = result.scalars
           run.last_eval = {'epoch': epoch, 'step': step, 'metrics': scalars}
           if _is_better(scalars, run.best, config.eval.best_metric):
@@ -524,6 +526,24 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       run.checkpoints.close()  # Waits for the last save.
 
 
+def _parts_json(result: evaluation.Result) -> dict[str, Any]:
+  """{'parts': each part's metrics} for a split made of parts, else {}."""
+  return {'parts': metric_writers.to_json(result.parts)} if result.parts else {}
+
+
+def _with_part_rows(rows: list[tuple[str, Any, dict[str, float]]]) -> list[tuple]:
+  """Each row, then one row per part where its scalars hold parts
+  ('nuaa_sirst/miou', ...): the per-part lines of a SIRST3 table."""
+  out = []
+  for label, epoch, scalars in rows:
+    parts = list(dict.fromkeys(k.split('/')[0] for k in scalars if '/' in k))
+    out.append((f'{label}, all' if parts else label, epoch, scalars))
+    for part in parts:
+      out.append((f'{label}, {part}', epoch,
+                  {k.split('/', 1)[1]: v for k, v in scalars.items() if k.startswith(part + '/')}))
+  return out
+
+
 def _write_json(path: str, content: Any) -> None:
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(content, f, indent=1)
@@ -548,7 +568,10 @@ def _input_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _write_eval(writer, step: int, config, result: evaluation.Result, is_chief: bool) -> None:
   """An evaluation's scalars, and input / mask / prediction panels, to the writer."""
   split = config.eval.split
-  writer.write_scalars(step, {f'{split}/{k}': v for k, v in result.metrics.items()})
+  # Each part's scalars (SIRST3) as '<split>/<part>/<metric>', in the same record.
+  writer.write_scalars(step, {**{f'{split}/{k}': v for k, v in result.metrics.items()},
+                              **{f'{split}/{k}': v for k, v in result.scalars.items()
+                                 if '/' in k}})
   if is_chief and result.examples:
     writer.write_images(step, {
         f'{split}/input_mask_prediction/{i}': pictures.panel(e.image, e.mask, e.prob, e.valid)
@@ -569,7 +592,7 @@ def _report_final(config, workdir, writer, last_eval, best, num_params) -> None:
     writer.write_scalars(last_eval['step'] if last_eval else best['step'], {
         **{f'best/{split}/{k}': v for k, v in best['metrics'].items()},
         'best/epoch': best['epoch'], 'best/step': best['step']})
-  table = report.results_table(rows, num_params)
+  table = report.results_table(_with_part_rows(rows), num_params)
   if jax.process_index() == 0:
     report.write_summary(os.path.join(workdir, 'summary.md'),
                          f'{config.model.name} on {config.dataset.name} ({split} split)', table)
@@ -584,7 +607,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   Writes eval_<split>_<checkpoint>.json and prediction overlays to the workdir.
 
   Returns:
-    The metrics dict (as `metrics.compute` gives it) plus 'step' and 'epoch'.
+    The metrics dict (as `metrics.compute` gives it) plus 'step' and 'epoch',
+    and 'parts' (each part's dict) for a split made of parts (SIRST3).
   """
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):  # Checked first: nothing is created in workdir.
@@ -594,7 +618,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.create_mesh(devices)
   split = split or config_lib.splits(config)[1]
   (source,) = load_sources(config, (split,))
-  config = config_lib.resolve(config, source)
+  statistics = source
+  if config.input.normalization == recipes.TRAIN_SPLIT and config.input.mean is None:
+    (statistics,) = load_sources(config, config_lib.splits(config)[:1])  # As in training.
+  config = config_lib.resolve(config, statistics)
   model = create_model(config)
   state = steps.create_state(
       model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
@@ -623,12 +650,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                 {'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint), 'seconds': round(seconds, 2),
                  'compilation': compiled.as_dict(),
-                 'eval': {k: config.eval[k] for k in ('resolution', 'pad_multiple',
-                                                      'max_shapes', 'batch_size')},
-                 'metrics': metric_writers.to_json(result.metrics)})
-  _print(report.results_table([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)],
-                              count_params(model)))
-  return {**result.metrics, 'step': step, 'epoch': meta['epoch']}
+                 'eval': {k: config.eval.get(k) for k in ('resolution', 'pad_multiple', 'pad',
+                                                          'max_shapes', 'batch_size')},
+                 'metrics': metric_writers.to_json(result.metrics), **_parts_json(result)})
+  _print(report.results_table(
+      _with_part_rows([(f'{checkpoint} (step {step})', meta['epoch'], result.scalars)]),
+      count_params(model)))
+  return {**result.metrics, **({'parts': result.parts} if result.parts else {}),
+          'step': step, 'epoch': meta['epoch']}
 
 
 def save_model(model: nnx.Module, config: ml_collections.ConfigDict, workdir: str, *,

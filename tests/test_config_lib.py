@@ -3,6 +3,7 @@
 import pathlib
 import types
 
+import numpy as np
 import pytest
 
 from irstd_jax import config_lib
@@ -120,3 +121,44 @@ def test_each_dataset_brings_its_own_splits(name):
   assert 'config' not in basic.dataset.options and config_lib.splits(basic) == ('trainval', 'test')
   with pytest.raises(ValueError, match='quick trains on the offline synthetic data'):
     config_lib.load_config(str(CONFIGS / f'{name}.py'), 'quick,dataset=irstd_folder')
+
+
+def test_gglnet_pal_protocol_has_pal_values():
+  """configs/gglnet.py:protocol=pal against YuChuang1205/PAL train_model.py:
+  LEARNING_RATE 1e-3, AdamW (torch's default weight decay 0.01), no scheduler,
+  TRAIN_BATCH_SIZE 16, NUM_EPOCHS 400, PATCH_SIZE 256, edgeSCE_loss, RGB input
+  normalised by Calculate_mean_std of the training images, test at native size
+  padded to 32 with black, best test mIoU kept, evaluated every epoch."""
+  c = config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=pal')
+  assert (c.input.recipe, c.input.crop_size, c.input.num_channels,
+          c.input.batch_size, c.input.normalization) == ('pal', 256, 3, 16, 'train_split')
+  assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == (
+      'adamw', 1e-3, 0.01)
+  assert (c.schedule.name, c.schedule.num_epochs, tuple(c.schedule.decay_epochs)) == (
+      'multistep', 400, ())
+  assert c.loss.name == 'edge_bce' and c.model.options.in_channels == 3
+  assert (c.eval.resolution, c.eval.pad, c.eval.pad_multiple, c.eval.every_epochs,
+          c.eval.best_metric, c.eval.threshold) == ('native', 'black', 32, 1, 'miou', 0.5)
+  assert c.dataset.options.config == 'basicirstd'  # NUAA 213 / 214, as PAL's table.
+  lr = train.create_learning_rate_fn(c, steps_per_epoch=14)
+  assert float(lr(0)) == float(lr(14 * 400 - 1)) == pytest.approx(1e-3)  # Constant.
+  # Normalised by the training images themselves: mean of per-image means / stds.
+  images = [np.full((4, 6, 1), 10, np.uint8), np.arange(24, dtype=np.uint8).reshape(4, 6, 1)]
+  source = _Split([{'image': i} for i in images], 'sirst_v1', (1.0, 2.0))
+  resolved = config_lib.resolve(c, source)
+  assert resolved.input.mean == pytest.approx((10 + 11.5) / 2)
+  assert resolved.input.std == pytest.approx(np.arange(24).std() / 2)
+  assert resolved.input.normalization == 'train_split'
+  # Other datasets keep their own splits (IRSTD-1k 800 / 201).
+  irstd = config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=pal,dataset=irstd_1k')
+  assert 'config' not in irstd.dataset.options and irstd.input.recipe == 'pal'
+  with pytest.raises(ValueError, match="'code', 'basicirstd', 'pal'"):
+    config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=other')
+
+
+class _Split(list):
+  """A training split with a name and (ignored by 'train_split') build statistics."""
+
+  def __init__(self, examples, name, mean_std):
+    super().__init__(examples)
+    self.name, self.mean_std = name, mean_std

@@ -598,3 +598,80 @@ def test_sirst_v1_offline_without_copy_fails_fast(tmp_path, monkeypatch):
                      r'Fix: pass source_dir='):
     datasets.load('sirst_v1', 'test', data_dir=tmp_path / 'tfds')
   assert time.monotonic() - start < 30  # TFDS alone retries for minutes.
+
+
+# -- SIRST3: three parts in one folder ------------------------------------------
+
+
+def _sirst3_parts(root: pathlib.Path, rng, with_parts=('nuaa', 'nudt', 'irstd')):
+  """Fake parts in BasicIRSTD's datasets/ layout (NUDT in DNANet's 50_50 form)."""
+  names = {'nuaa': [f'Misc_{i}' for i in (3, 1, 7, 2, 5)],
+           'nudt': [f'{i:06d}' for i in range(1, 7)],
+           'irstd': [f'XDU{i}' for i in range(4)]}
+  truth = {}
+  if 'nuaa' in with_parts:
+    part = root / 'NUAA-SIRST'
+    for i, name in enumerate(names['nuaa']):
+      truth[name] = _write_pair(rng, part / 'images' / f'{name}.png',
+                                part / 'masks' / f'{name}.png', 40 + 8 * i, 56)
+    _write_list(part / 'img_idx' / 'train_NUAA-SIRST.txt', names['nuaa'][:2])
+    _write_list(part / 'img_idx' / 'test_NUAA-SIRST.txt', names['nuaa'][2:])
+  if 'nudt' in with_parts:
+    part = root / 'NUDT-SIRST'
+    for name in names['nudt']:
+      truth[name] = _write_pair(rng, part / 'images' / f'{name}.png',
+                                part / 'masks' / f'{name}.png', 32, 32)
+    _write_list(part / '50_50' / 'train.txt', names['nudt'][:4])
+    _write_list(part / '50_50' / 'test.txt', names['nudt'][4:])
+  if 'irstd' in with_parts:
+    part = root / 'IRSTD-1K'
+    for name in names['irstd']:
+      truth[name] = _write_pair(rng, part / 'IRSTD1k_Img' / f'{name}.png',
+                                part / 'IRSTD1k_Label' / f'{name}.png', 48, 48)
+    _write_list(part / 'trainval.txt', names['irstd'][:1])
+    _write_list(part / 'test.txt', names['irstd'][1:])
+  return names, truth
+
+
+def test_sirst3_merges_its_parts_and_knows_them(tmp_path):
+  names, truth = _sirst3_parts(tmp_path / 'datasets', np.random.default_rng(5))
+  data_dir = tmp_path / 'tfds'
+  test = datasets.load('sirst3', 'test', source_dir=tmp_path / 'datasets', data_dir=data_dir)
+  train = datasets.load('sirst3', 'train', data_dir=data_dir)  # Built once.
+  # Part by part, each in its own list order: NUAA, NUDT, IRSTD-1k.
+  assert [e['id'] for e in test] == names['nuaa'][2:] + names['nudt'][4:] + names['irstd'][1:]
+  assert [e['id'] for e in train] == names['nuaa'][:2] + names['nudt'][:4] + names['irstd'][:1]
+  assert list(test.parts) == ['nuaa_sirst', 'nudt_sirst', 'irstd_1k']
+  assert [len(p) for p in test.parts.values()] == [3, 2, 3]
+  assert [len(p) for p in train.parts.values()] == [2, 4, 1]
+  nudt = test.parts['nudt_sirst']
+  assert nudt.split == 'test/nudt_sirst' and [e['id'] for e in nudt] == names['nudt'][4:]
+  assert nudt[-1]['id'] == names['nudt'][-1] and [e['id'] for e in nudt[:1]] == names['nudt'][4:5]
+  for example in test.parts['irstd_1k']:
+    image, mask = truth[example['id']]
+    np.testing.assert_array_equal(example['image'][..., 0], image)
+    np.testing.assert_array_equal(example['mask'][..., 0], mask // 255)
+  assert _built_splits('sirst3', data_dir=data_dir) == set(catalog.get('sirst3').splits().names)
+  # A split expression is one source without parts.
+  assert datasets.load('sirst3', 'test[:2]', data_dir=data_dir).parts == {}
+  assert catalog.get('SIRST-3').parts == tuple(test.parts)
+
+
+def test_sirst3_names_each_missing_part_and_where_it_goes(tmp_path):
+  root = tmp_path / 'datasets'
+  _sirst3_parts(root, np.random.default_rng(6), with_parts=('nuaa',))
+  with pytest.raises(ValueError) as error:
+    datasets.load('sirst3', 'test', source_dir=root, data_dir=tmp_path / 'tfds')
+  message = str(error.value)
+  assert '2 of its 3 parts not found' in message
+  assert f'NUDT-SIRST (part nudt_sirst): put it at {root}/NUDT-SIRST' in message
+  assert f'IRSTD-1k (part irstd_1k): put it at {root}/IRSTD-1K' in message
+  assert 'NUAA' not in message.split('not found')[1].split('Fix')[0]
+  assert 'source_dir' in message
+
+
+def test_sirst3_without_source_dir_points_at_datasets(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # No ./datasets here.
+  with pytest.raises(ValueError, match=r'(?s)3 of its 3 parts not found \(no source_dir given\)'
+                                       r'.*put it at datasets/NUAA-SIRST'):
+    datasets.load('sirst3', 'train', data_dir=tmp_path / 'tfds')

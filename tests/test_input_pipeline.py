@@ -15,7 +15,7 @@ from irstd_jax import datasets
 from irstd_jax import input_pipeline as ip
 from irstd_jax import recipes
 
-RECIPE_SIZES = {'basicirstd': dict(crop_size=64),
+RECIPE_SIZES = {'basicirstd': dict(crop_size=64), 'pal': dict(crop_size=64),
                 'ganet': dict(image_size=64), 'gglnet': dict(image_size=64)}
 
 
@@ -58,7 +58,7 @@ def test_same_seed_same_batches_and_exact_resume(source, recipe):
   first = _iterator(source, recipe, prefetch=0)
   batches = _take(first, 5)  # 20 examples: crosses an epoch boundary (12).
   _assert_same(batches, _take(_iterator(source, recipe, prefetch=2), 5))
-  channels = 3 if recipe == 'gglnet' else 1
+  channels = 3 if recipe in ('gglnet', 'pal') else 1
   assert batches[0]['image'].shape == (4, 64, 64, channels)
   assert batches[0]['mask'].shape == (4, 64, 64, 1)
   assert batches[0]['image'].dtype == batches[0]['mask'].dtype == np.float32
@@ -112,9 +112,9 @@ def test_batches_follow_the_documented_stream(source, recipe):
       image, mask = examples[order[within]]
       rng = np.random.default_rng(np.random.SeedSequence(
           seed, spawn_key=(1, position)))
-      if recipe == 'basicirstd':
-        want = recipes.basicirstd(image, mask, rng, crop=spec.train_size,
-                                  mean=spec.mean, std=spec.std)
+      if recipe in ('basicirstd', 'pal'):
+        want = getattr(recipes, recipe)(image, mask, rng, crop=spec.train_size,
+                                        mean=spec.mean, std=spec.std)
       else:
         resized = recipes.resize(image, mask, spec.train_size)
         want = getattr(recipes, recipe)(*resized, rng, mean=spec.mean,
@@ -224,6 +224,23 @@ def test_eval_metric_canvases_hold_every_batch_and_are_few(source):
   shapes = [(32, 32)] * 5 + [(32, 64), (64, 32), (64, 64), (96, 32), (32, 96)]
   canvases = ip.bucket_shapes(shapes, ip.METRIC_CANVASES)
   assert len(canvases) == 4 and (32, 32) in canvases  # The common shape is kept as it is.
+
+
+def test_eval_padding_is_zero_or_black(source):
+  """'zero' pads after normalising (BasicIRSTD); 'black' pads the raw image
+  with grey level 0, i.e. (0 - mean) / std once normalised (PAL)."""
+  assert ip.pad_value_for('zero', (10.0, 2.0)) == 0.0
+  assert ip.pad_value_for('black', (10.0, 2.0)) == -5.0
+  with pytest.raises(ValueError, match='eval.pad'):
+    ip.pad_value_for('reflect', (10.0, 2.0))
+  for pad_value in (0.0, -5.0):
+    for batch in ip.eval_batches(source, batch_size=5, resolution='native',
+                                 num_channels=3, mean_std=(10.0, 2.0),
+                                 pad_value=pad_value):
+      padding = ~batch['valid']
+      assert padding.any()
+      assert np.all(batch['image'][padding] == pad_value)
+      assert not batch['mask'][padding].any()
 
 
 def test_eval_resized_mode(source):

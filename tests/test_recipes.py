@@ -230,3 +230,82 @@ def test_gglnet_warps_match_scipy_and_keep_alignment():
     assert out[out_mask].mean() - out[~out_mask].mean() > 0.4
     changed += not np.array_equal(out_mask, square_mask)
   assert changed > 10  # Half the draws apply three ops; most move the square.
+
+
+@pytest.mark.parametrize('augment', [recipes.MSDA_AUGMENT, recipes.PAL_AUGMENT])
+def test_some_of_draws_three_ops_with_replacement_weighted_by_their_p(augment):
+  """albumentations 1.3.0's SomeOf(ops, 3, p=0.5): with probability 0.5, three
+  draws with replacement, op i with probability p_i / sum(p); each applied."""
+  rng = np.random.default_rng(0)
+  draws = [recipes.draw_ops(rng, augment) for _ in range(20000)]
+  ran = [d for d in draws if d]
+  assert all(len(d) == 3 for d in ran)
+  assert abs(len(ran) / len(draws) - 0.5) < 0.015
+  counts = np.bincount(np.concatenate(ran), minlength=12) / (3 * len(ran))
+  weights = np.asarray(augment.weights) / sum(augment.weights)
+  np.testing.assert_allclose(counts, weights, atol=0.006)
+  # With replacement: the same op twice in about 1 - prod(1 - ...) of the draws.
+  repeats = np.mean([len(set(d)) < 3 for d in ran])
+  assert 0.2 < repeats < 0.35, repeats
+  # A drawn op is applied for sure: a drawn vertical flip always flips.
+  image = np.arange(12, dtype=np.float32).reshape(3, 4)
+  out, _ = recipes._op(0, image, image > 5, rng, augment)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(out, image[::-1])
+
+
+def test_pal_crops_uniformly_pads_black_and_keeps_alignment():
+  """PAL's random_crop: a uniform patch (no target bias), the raw image padded
+  with grey level 0 up to the crop; then its SomeOf list; then normalised."""
+  image = np.full((128, 128), 120, np.uint8)
+  mask = np.zeros((128, 128), bool)
+  image[5, 6], mask[5, 6] = 250, True  # Near a corner: few uniform crops hold it.
+  with_target = 0
+  for draw in range(400):
+    patch, patch_mask = recipes.pal(image, mask, np.random.default_rng(draw), crop=64,
+                                    mean=100.0, std=20.0)
+    patch_mask = np.asarray(patch_mask) > 0
+    assert patch.shape == patch_mask.shape == (64, 64) and patch.dtype == np.float32
+    if patch_mask.any():  # The bright pixel stays under the mask (flips, turns).
+      assert patch[patch_mask].max() > patch[~patch_mask].max()
+    with_target += int(patch_mask.any())
+  # A uniform 64 crop of 128 holds pixel (5, 6) with probability 6/65 * 7/65
+  # (1 %; warps move it a little); BasicIRSTD's crop would hold it half the time.
+  assert with_target / 400 < 0.05, with_target / 400
+  # Smaller than the crop: black (0 before normalising) fills the rest.
+  small = np.full((20, 30), 200, np.uint8)
+
+  def unaugmented(draw):  # The recipe's draws: top, left, then the SomeOf list.
+    rng = np.random.default_rng(draw)
+    rng.integers(0, 1), rng.integers(0, 1)
+    return not recipes.draw_ops(rng, recipes.PAL_AUGMENT)
+
+  plain = [d for d in range(200) if unaugmented(d)]
+  for draw in plain[:3]:  # Draws without augmentation: the crop itself.
+    patch, _ = recipes.pal(small, small > 0, np.random.default_rng(draw), crop=32,
+                           mean=100.0, std=50.0)
+    np.testing.assert_array_equal(patch[:20, :30], 2.0)
+    assert (patch == -2.0).sum() == 32 * 32 - 20 * 30
+
+
+def test_pal_augment_differs_from_msda_where_pal_changed_it():
+  """PAL's list is MSDA-Net's with RandomBrightness / RandomContrast limit 0.3
+  and Rotate(45) at p 0.3 (a weight 0.3 of 4.9 instead of 0.5 of 5.1)."""
+  pal, msda = recipes.PAL_AUGMENT, recipes.MSDA_AUGMENT
+  assert (pal.brightness, pal.contrast, msda.brightness, msda.contrast) == (0.3, 0.3, 0.2, 0.2)
+  changed = [i for i, (a, b) in enumerate(zip(pal.weights, msda.weights)) if a != b]
+  assert [recipes.SOME_OF_OPS[i] for i in changed] == ['rotate45']
+  assert (sum(pal.weights), sum(msda.weights)) == pytest.approx((4.9, 5.1))
+  assert (pal.n, pal.p) == (msda.n, msda.p) == (3, 0.5)
+
+
+def test_resolve_pal_measures_the_training_split():
+  scenes = _examples(_scenes())
+  means = [image.astype(np.float64).mean() for image, _ in _scenes()]
+  stds = [image.astype(np.float64).std() for image, _ in _scenes()]
+  # The build's statistics (over every split) are not what PAL uses.
+  spec = recipes.resolve('pal', 'sirst_v1', train_source=_Named(scenes, 'sirst_v1', (1.0, 2.0)))
+  np.testing.assert_allclose(spec.mean_std, (np.mean(means), np.mean(stds)), rtol=1e-12)
+  assert (spec.num_channels, spec.train_size, spec.eval_resolution) == (3, 256, 'native')
+  with pytest.raises(ValueError, match='train_source'):
+    recipes.resolve('pal', 'sirst_v1')
+  assert recipes.resolve('pal', 'sirst_v1', normalization='unit').mean_std == (0.0, 255.0)

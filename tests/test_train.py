@@ -547,3 +547,95 @@ def test_two_processes_train_together(config_file, data_dir, tmp_path):
   def close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   jax.tree.map(close, got['model'], expected['model'])
+
+
+# -- Datasets made of parts (SIRST3) ------------------------------------------
+
+
+class _PartedSplit(list):
+  """A split whose examples form named parts, as `datasets.Source.parts` gives them."""
+
+  def __init__(self, parts):
+    super().__init__(e for part in parts.values() for e in part)
+    self.parts = parts
+
+
+def test_a_split_of_parts_is_scored_per_part_and_over_all(config_file, data_dir):
+  """Each part's metrics are the part scored alone; the whole is every image
+  pooled (sums of the parts' statistics), as one list of maps scores."""
+  rng = np.random.default_rng(1)
+  examples = [{'image': rng.integers(0, 256, (h, 32, 1), np.uint8),
+               'mask': (rng.random((h, 32, 1)) > 0.97).astype(np.uint8), 'id': f'image{i}'}
+              for i, h in enumerate((32, 30, 64, 32, 50, 20, 32))]  # Two padded shapes.
+  parts = {'nuaa_sirst': examples[:3], 'nudt_sirst': examples[3:4],
+           'irstd_1k': examples[4:]}
+  source = _PartedSplit(parts)
+  mesh = sharding.create_mesh()
+  config = resolved(tiny_config(config_file, data_dir))
+  model = train.create_model(config)
+  model_state = steps.create_state(model, train.create_optimizer(
+      model, config, train.create_learning_rate_fn(config, 2)), mesh)['model']
+  evaluator = evaluation.Evaluator(config, source, mesh, model)
+  result = evaluator.run(model_state, num_examples=len(source))
+  assert list(result.parts) == list(parts)
+  for name, part in parts.items():
+    alone = evaluation.Evaluator(config, part, mesh, model).run(model_state).metrics
+    for key in ('miou', 'niou', 'pd', 'fa', 'f1', 'hiou', 'images', 'targets'):
+      np.testing.assert_allclose(result.parts[name][key], alone[key], rtol=1e-6, err_msg=key)
+  ids = [e.id for e in result.examples]  # Part by part (by padded shape inside one).
+  assert [sorted(ids[:3]), ids[3:4], sorted(ids[4:])] == [
+      [e['id'] for e in part] for part in parts.values()]
+  scored = metrics.score([e.prob for e in result.examples], [e.mask for e in result.examples],
+                         pd_fa_thresholds=())
+  for key in ('miou', 'niou', 'pd', 'fa', 'f1', 'hiou', 'images', 'targets'):
+    np.testing.assert_allclose(result.metrics[key], scored[key], rtol=1e-6, err_msg=key)
+  assert result.metrics['images'] == sum(r['images'] for r in result.parts.values())
+  scalars = result.scalars
+  assert scalars['miou'] == result.metrics['miou']
+  assert scalars['irstd_1k/pd'] == result.parts['irstd_1k']['pd']
+  rows = train._with_part_rows([('final', 3, scalars)])  # pylint: disable=protected-access
+  assert [r[0] for r in rows] == ['final, all', 'final, nuaa_sirst', 'final, nudt_sirst',
+                                  'final, irstd_1k']
+  assert rows[2][2]['miou'] == result.parts['nudt_sirst']['miou']
+
+
+def test_sirst3_run_logs_each_part_and_the_whole(config_file, data_dir, tmp_path):
+  """A run on `sirst3` logs test/miou and test/<part>/miou, and its summary has a row per part."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(8)
+  root = tmp_path / 'parts'
+  layout = {'NUAA-SIRST': ('images', 'masks', 'Misc_', 'img_idx/{}_NUAA-SIRST.txt', (40, 56)),
+            'NUDT-SIRST': ('images', 'masks', '00000', '50_50/{}.txt', (32, 32)),
+            'IRSTD-1K': ('IRSTD1k_Img', 'IRSTD1k_Label', 'XDU', '{}.txt', (48, 48))}
+  for folder, (images, masks, prefix, lists, (h, w)) in layout.items():
+    names = [f'{prefix}{i}' for i in range(1, 5)]
+    for name in names:
+      image = rng.integers(20, 120, (h, w), dtype=np.uint8)
+      mask = np.zeros((h, w), np.uint8)
+      y, x = rng.integers(3, h - 6), rng.integers(3, w - 6)
+      image[y:y + 3, x:x + 3], mask[y:y + 3, x:x + 3] = 250, 255
+      for sub, array in ((images, image), (masks, mask)):
+        (root / folder / sub).mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(array).save(root / folder / sub / f'{name}.png')
+    for split, chosen in (('train', names[:2]), ('test', names[2:])):
+      path = root / folder / lists.format('trainval' if folder == 'IRSTD-1K' and split == 'train'
+                                          else split)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text('\n'.join(chosen))
+  config = tiny_config(config_file, data_dir, 'epochs=1')
+  config.dataset.name = 'sirst3'
+  config.dataset.options = {}
+  config.dataset.source_dir = str(root)
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  workdir = str(tmp_path / 'run')
+  report = train.train_and_evaluate(config, workdir)
+  logged = [r for r in read_jsonl(workdir) if 'test/miou' in r][-1]
+  for part in ('nuaa_sirst', 'nudt_sirst', 'irstd_1k'):
+    assert np.isfinite(logged[f'test/{part}/miou']) and f'test/{part}/pd' in logged
+    assert report['final']['metrics'][f'{part}/miou'] == logged[f'test/{part}/miou']
+  assert logged['test/images'] == 6
+  summary = pathlib.Path(workdir, 'summary.md').read_text()
+  assert '| final, all | 1 |' in summary and '| final, irstd_1k | 1 |' in summary
+  final = json.loads(pathlib.Path(workdir, 'eval_test_final.json').read_text())
+  assert list(final['parts']) == ['nuaa_sirst', 'nudt_sirst', 'irstd_1k']
+  assert final['parts']['nudt_sirst']['images'] == 2

@@ -20,6 +20,7 @@ _LAZY = {
     'IrstdBuilder': 'base',
     'DATA_DIR_ENV': 'loader',
     'MissingSplitError': 'loader',
+    'Part': 'loader',
     'Source': 'loader',
     'builder': 'loader',
     'default_data_dir': 'loader',
@@ -28,7 +29,7 @@ _LAZY = {
     'prepare': 'loader',
 }
 
-__all__ = ['DatasetWarning', 'IrstdBuilder', 'MissingSplitError', 'Source', 'DATA_DIR_ENV',
+__all__ = ['DatasetWarning', 'IrstdBuilder', 'MissingSplitError', 'Part', 'Source', 'DATA_DIR_ENV',
            'builder', 'default_data_dir', 'load', 'names',
            'prepare']
 

@@ -287,7 +287,8 @@ class IrstdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # is empty; we search several places, so read the configured path.
     return getattr(dl_manager, '_manual_dir', None)
 
-  def _looks_right(self, root: pathlib.Path) -> bool:
+  @classmethod
+  def _looks_right(cls, root: pathlib.Path) -> bool:
     return (root / 'images').is_dir()
 
   def _find_root(self, dl_manager, *, required: bool = True):

@@ -45,6 +45,8 @@ class Dataset:
       resize train there (GaNet's code at 512 on IRSTD-1k, MSDA-Net's at 256
       on NUDT-SIRST).
     aliases: other spellings accepted by `get` (lower case).
+    parts: the datasets it merges, whose metrics evaluation reports one by one
+      (`Source.parts`).
   """
   name: str
   default: Splits
@@ -52,6 +54,7 @@ class Dataset:
   mean_std: tuple[float, float] | None = None
   image_size: int | None = None
   aliases: tuple[str, ...] = ()
+  parts: tuple[str, ...] = ()
 
   def splits(self, config: str | None = None) -> Splits:
     """The splits of `config` (None: the default config).
@@ -87,6 +90,11 @@ DATASETS: Mapping[str, Dataset] = {d.name: d for d in (
     Dataset('irstd_1k', default=Splits('trainval', 'test', ('trainval', 'test')),
             mean_std=(87.4661865234375, 39.71953201293945),
             image_size=512, aliases=('irstd-1k', 'irstd1k')),
+    # The three above merged, each with BasicIRSTD's split (train 1,676 / test
+    # 1,079); SCTransNet normalises it with NUAA-SIRST's constants
+    # (utils.py: get_img_norm_cfg('SIRST3')).
+    Dataset('sirst3', default=_TRAIN_TEST, parts=('nuaa_sirst', 'nudt_sirst', 'irstd_1k'),
+            mean_std=(101.06385040283203, 34.619606018066406), aliases=('sirst-3',)),
     # The repository's lists include trainval_full / test_full / val_full,
     # the *_v1fullv2target and mini_* variants and v2background.
     Dataset('sirst_v2', default=Splits('trainval_full', 'test_full')),

@@ -49,7 +49,8 @@ Unpack it so that the folder holds IRSTD1k_Img/, IRSTD1k_Label/, trainval.txt
 and test.txt (or BasicIRSTD's images/, masks/, img_idx/), then pass that
 folder as source_dir= or place it at ./datasets/IRSTD-1k."""
 
-  def _looks_right(self, root: pathlib.Path) -> bool:
+  @classmethod
+  def _looks_right(cls, root: pathlib.Path) -> bool:
     return any((root / images).is_dir() for images, _, _ in _LAYOUTS)
 
   def _split_items(self, dl_manager):

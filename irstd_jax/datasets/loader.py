@@ -18,6 +18,7 @@ from irstd_jax.datasets import irstd_1k
 from irstd_jax.datasets import irstd_folder
 from irstd_jax.datasets import irstd_synthetic
 from irstd_jax.datasets import nudt_sirst
+from irstd_jax.datasets import sirst3
 from irstd_jax.datasets import sirst_v1
 from irstd_jax.datasets import sirst_v2
 
@@ -71,7 +72,7 @@ def default_data_dir() -> str:
 def _registry() -> dict[str, type[base.IrstdBuilder]]:
   return {cls.name: cls for cls in (
       sirst_v1.SirstV1, nudt_sirst.NudtSirst, irstd_1k.Irstd1k,
-      sirst_v2.SirstV2, irstd_folder.IrstdFolder,
+      sirst3.Sirst3, sirst_v2.SirstV2, irstd_folder.IrstdFolder,
       irstd_synthetic.IrstdSynthetic)}
 
 
@@ -130,6 +131,9 @@ class Source(Sequence):
     split: the split.
     mean_std: (mean, std) of the grey levels over the whole dataset (mean of
       per-image means and stds, every image once), computed when building.
+    parts: for a dataset made of parts (sirst3), part name -> the `Part` of
+      this split holding its examples (in order, together all of them);
+      empty otherwise, and for split expressions ('test[:10]').
   """
 
   def __init__(self, data_source, *, name: str, config: str | None,
@@ -141,6 +145,14 @@ class Source(Sequence):
     stats = (metadata or {}).get('mean_std')
     self.mean_std = tuple(stats) if stats else None
     self.resized_masks = list((metadata or {}).get('resized_masks', []))
+    self.parts: dict[str, Part] = {}
+    start = 0
+    for part, size in ((metadata or {}).get('parts') or {}).get(str(split), []):
+      self.parts[part] = Part(self, part, start, start + int(size))
+      start += int(size)
+    if self.parts and start != len(self):
+      raise ValueError(f'{name}/{split}: its parts hold {start} examples, the split '
+                       f'{len(self)}: rebuild the dataset.')
 
   def __len__(self) -> int:
     return len(self._data)
@@ -178,13 +190,57 @@ class Source(Sequence):
             f'len={len(self)})')
 
 
+class Part(Sequence):
+  """The examples [start, stop) of a `Source` that form one part (e.g. NUAA-SIRST
+  in SIRST3's test split); a source of its own (`len`, `[i]`, iteration).
+
+  Attributes:
+    name, config, mean_std: the whole dataset's.
+    part: the part's name ('nuaa_sirst').
+    split: '<split>/<part>'.
+  """
+
+  def __init__(self, source: Source, part: str, start: int, stop: int):
+    self._source = source
+    self.part = part
+    self.start, self.stop = start, stop
+    self.name, self.config, self.mean_std = source.name, source.config, source.mean_std
+    self.split = f'{source.split}/{part}'
+    self.parts: dict[str, 'Part'] = {}
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.__getitems__(range(*index.indices(len(self))))
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f'{self.name}/{self.split}: index {index} out of range '
+                       f'(length {len(self)}).')
+    return self._source[self.start + index]
+
+  def __getitems__(self, indices) -> list[dict]:
+    return self._source.__getitems__([self.start + int(i) for i in indices])
+
+  def __iter__(self) -> Iterator[dict]:
+    chunk = 64
+    for start in range(0, len(self), chunk):
+      yield from self.__getitems__(range(start, min(start + chunk, len(self))))
+
+  def __repr__(self) -> str:
+    return f'Part({self.name}/{self.split}, [{self.start}, {self.stop}))'
+
+
 def load(name: str, split: str, *, source_dir=None, data_dir=None,
          **config) -> Source:
   """Loads one split of an IRSTD dataset, building it on first use.
 
   Args:
-    name: 'sirst_v1', 'nudt_sirst', 'irstd_1k', 'sirst_v2', 'irstd_folder' or
-      'irstd_synthetic'.
+    name: 'sirst_v1', 'nudt_sirst', 'irstd_1k', 'sirst3', 'sirst_v2',
+      'irstd_folder' or 'irstd_synthetic'.
     split: a split of the source ('train', 'test', ...), or any TFDS split
       expression over them ('trainval+test', 'train[:10]').
     source_dir: folder with the raw dataset; needed the first time for the

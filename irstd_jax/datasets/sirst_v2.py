@@ -39,7 +39,8 @@ Clone or download https://github.com/YimianDai/open-sirst-v2; the folder must
 hold images/targets/, images/backgrounds/, annotations/masks/ and splits/.
 Pass it as source_dir= or place it at ./datasets/open-sirst-v2."""
 
-  def _looks_right(self, root: pathlib.Path) -> bool:
+  @classmethod
+  def _looks_right(cls, root: pathlib.Path) -> bool:
     return (root / 'images' / 'targets').is_dir()
 
   def _split_items(self, dl_manager):

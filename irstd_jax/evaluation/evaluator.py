@@ -105,13 +105,20 @@ def _add_variants(variant_stats: metrics.variants.VariantStats, probs: jax.Array
 
 @dataclasses.dataclass
 class Result:
-  """What `Evaluator.run` returns."""
+  """What `Evaluator.run` returns.
+
+  For a split made of parts (SIRST3), `metrics` are over all its images and
+  `parts` holds each part's; `scalars` has both, a part's as '<part>/miou'.
+  """
   metrics: dict[str, Any]          # `metrics.compute`'s dict.
   examples: list[report.Example]   # The first images with their predictions.
+  parts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
   @property
   def scalars(self) -> dict[str, float]:
-    return report.scalar_metrics(self.metrics)
+    return {**report.scalar_metrics(self.metrics),
+            **{f'{part}/{key}': value for part, result in self.parts.items()
+               for key, value in report.scalar_metrics(result).items()}}
 
 
 class Evaluator:
@@ -144,13 +151,14 @@ class Evaluator:
         steps.jitted(predict, platform, static_argnames=('graphdef', 'mesh')),
         graphdef=graphdef, mesh=mesh)
 
-  def batches(self) -> Iterator[dict[str, Any]]:
-    """The split's evaluation batches, in full on every host."""
+  def batches(self, source: Any = None) -> Iterator[dict[str, Any]]:
+    """The evaluation batches of `source` (default: the split), in full on every host."""
     ev, inp = self.config.eval, self.config.input
     return input_pipeline.eval_batches(
-        self.source, batch_size=ev.batch_size, resolution=ev.resolution,
-        pad_multiple=ev.pad_multiple, max_shapes=ev.max_shapes,
-        num_channels=inp.num_channels, mean_std=(inp.mean, inp.std))
+        self.source if source is None else source, batch_size=ev.batch_size,
+        resolution=ev.resolution, pad_multiple=ev.pad_multiple, max_shapes=ev.max_shapes,
+        num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
+        pad_value=input_pipeline.pad_value_for(ev.get('pad', 'zero'), (inp.mean, inp.std)))
 
   def _padded(self, batch: dict[str, Any]) -> dict[str, Any]:
     return sharding.pad_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
@@ -192,46 +200,68 @@ class Evaluator:
         rule, OPDC, hIoU); default `config.eval.variants`. Each batch's
         probabilities are then labelled once more on one device and matched
         on the host, while the devices run the next batch.
+
+    A split made of parts (`source.parts`, SIRST3) is scored part by part;
+    the parts' statistics summed give the metrics over all its images.
     """
     ev = self.config.eval
     if variants is None:
       variants = bool(ev.get('variants', True))
     curve = None if pd_fa_curve else ()
+    examples: list[report.Example] = []
+    parts = getattr(self.source, 'parts', None) or {'': self.source}
+    by_part, total = {}, None
+    with tqdm.tqdm(total=len(self.source), unit='image', leave=False, dynamic_ncols=True,
+                   desc=f'evaluating {ev.split}',
+                   disable=not show_progress) as progress:
+      for name, part in parts.items():
+        stats, variant_stats = self._accumulate(
+            model_state, part, curve, variants, examples, num_examples,
+            progress if show_progress else None)
+        by_part[name] = metrics.compute(stats, variant_stats)
+        total = (stats, variant_stats) if total is None else (
+            metrics.merge(total[0], stats),
+            None if variant_stats is None else metrics.variants.merge(total[1], variant_stats))
+    if '' in by_part:
+      return Result(by_part[''], examples)
+    return Result(metrics.compute(*total), examples, parts=by_part)
+
+  def _accumulate(self, model_state, source, curve, variants, examples, num_examples,
+                  progress):
+    """The statistics (and variant statistics) of `source`, on the host."""
+    ev = self.config.eval
     stats = metrics.init(pd_fa_thresholds=curve)
     stats = jax.device_put(stats, sharding.replicated(self.mesh))
     variant_stats = metrics.variants.init(
         float(ev.threshold), curve, bool(ev.pd_fa_relative)) if variants else None
     pending = None  # The previous batch's (probs, masks, valid) for the variants.
-    examples: list[report.Example] = []
-    with tqdm.tqdm(total=len(self.source), unit='image', leave=False, dynamic_ncols=True,
-                   desc=f'evaluating {ev.split}',
-                   disable=not show_progress) as progress:
-      for batch in self.batches():
-        canvas = tuple(batch['canvas'])
-        arrays = self._on_canvas(self._padded(batch), canvas)
-        device_batch = self._on_devices(arrays)
-        probs = self._predict_on_canvas(model_state, device_batch['image'], canvas=canvas)
-        if variants:
-          stats, replicated = self._update(stats, probs, device_batch['mask'],
-                                           device_batch['valid'], with_probs=True)
-          if pending is not None:
-            variant_stats = _add_variants(variant_stats, *pending)
-          pending = (replicated, arrays['mask'], arrays['valid'])
-        else:
-          stats = self._update(stats, probs, device_batch['mask'], device_batch['valid'])
-        if len(examples) < num_examples:
-          self._add_examples(examples, num_examples, batch, None, model_state, probs=probs)
-        if show_progress:  # Counts images as they finish, not as they are queued.
-          jax.block_until_ready(stats)
-          progress.update(sum(1 for i in batch['id'] if i))
-      if pending is not None:
-        variant_stats = _add_variants(variant_stats, *pending)
-    return Result(metrics.compute(sharding.to_host(stats), variant_stats), examples)
+    for batch in self.batches(source):
+      canvas = tuple(batch['canvas'])
+      arrays = self._on_canvas(self._padded(batch), canvas)
+      device_batch = self._on_devices(arrays)
+      probs = self._predict_on_canvas(model_state, device_batch['image'], canvas=canvas)
+      if variants:
+        stats, replicated = self._update(stats, probs, device_batch['mask'],
+                                         device_batch['valid'], with_probs=True)
+        if pending is not None:
+          variant_stats = _add_variants(variant_stats, *pending)
+        pending = (replicated, arrays['mask'], arrays['valid'])
+      else:
+        stats = self._update(stats, probs, device_batch['mask'], device_batch['valid'])
+      if len(examples) < num_examples:
+        self._add_examples(examples, num_examples, batch, None, model_state, probs=probs)
+      if progress is not None:  # Counts images as they finish, not as they are queued.
+        jax.block_until_ready(stats)
+        progress.update(sum(1 for i in batch['id'] if i))
+    if pending is not None:
+      variant_stats = _add_variants(variant_stats, *pending)
+    return sharding.to_host(stats), variant_stats
 
   def predict(self, model_state: Any, limit: int) -> list[report.Example]:
     """Predictions for the first `limit` images (no metrics; stops early)."""
     examples: list[report.Example] = []
-    for batch in self.batches():
+    parts = getattr(self.source, 'parts', None) or {'': self.source}
+    for batch in (b for part in parts.values() for b in self.batches(part)):
       if len(examples) >= limit:
         break
       self._add_examples(examples, limit, batch,
