@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from irstd_jax import config_lib
+from irstd_jax import optim
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax import train
@@ -56,7 +57,7 @@ def _time(step, state, batch, num_steps):
 def measure(row: str, num_seeds: int, num_steps: int) -> dict[str, float]:
   config = _config(row)
   mesh = sharding.create_mesh(jax.devices()[:1])
-  lr = train.create_learning_rate_fn(config, 16)
+  lr = optim.create_learning_rate_fn(config, 16)
   channels = int(config.model.options.get('in_channels', config.input.num_channels))
   rng = np.random.default_rng(0)
   image = rng.normal(size=(4, 64, 64, channels)).astype(np.float32)
@@ -64,7 +65,7 @@ def measure(row: str, num_seeds: int, num_steps: int) -> dict[str, float]:
   states, step = [], None
   for seed in range(num_seeds):
     model = train.create_model(config, seed=seed)
-    optimizer = train.create_optimizer(model, config, lr)
+    optimizer = optim.create_optimizer(model, config, lr)
     if step is None:
       solo_step, solo_state = steps.make_train_step(model, optimizer, config, mesh)
       step, _ = steps.make_train_step(model, optimizer, config, mesh, stacked=True)

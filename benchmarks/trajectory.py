@@ -11,7 +11,7 @@ placed around a target pixel, drawn with a fixed seed. Each uses its paper's
 optimizer, learning rate and loss (`configs/<model>.py`: GaNet Adam 5e-4 and
 SoftIoU summed over the batch, one grey channel; GGL-Net Adam 1e-4 and SoftIoU
 averaged per image, three channels; both /255). The JAX side runs the project's
-own train step (`irstd_jax.steps`) and optimizer (`irstd_jax.train`); the
+own train step (`irstd_jax.steps`) and optimizer (`irstd_jax.optim`); the
 official side runs the official training loop's order (train mode, forward,
 loss on the sigmoid output, zero_grad, backward, Adam step; no clipping, no
 weight decay).
@@ -323,7 +323,7 @@ def run_jax(name: str, state_dict: dict[str, np.ndarray], config,
   """The project's train step from `state_dict`; losses, step-1 grads, weights, eval."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from irstd_jax import convert, sharding, steps, train  # pylint: disable=g-import-not-at-top
+  from irstd_jax import convert, optim, sharding, steps  # pylint: disable=g-import-not-at-top
 
   with jax.default_matmul_precision(None if precision == 'default' else precision):
     model = convert.from_torch(name, state_dict, rngs=nnx.Rngs(0),
@@ -331,8 +331,8 @@ def run_jax(name: str, state_dict: dict[str, np.ndarray], config,
     model.train()
     mesh = sharding.create_mesh(jax.devices()[:1])
     # No decay inside a short run (the papers' first drop is at epoch 200).
-    optimizer = train.create_optimizer(
-        model, config, train.create_learning_rate_fn(config, steps_per_epoch=len(batches)))
+    optimizer = optim.create_optimizer(
+        model, config, optim.create_learning_rate_fn(config, steps_per_epoch=len(batches)))
     reduction, smooth = config.loss.reduction, float(config.loss.smooth)
 
     @nnx.jit

@@ -41,6 +41,7 @@ from irstd_jax import checkpointing
 from irstd_jax import config_lib
 from irstd_jax import convert
 from irstd_jax import input_pipeline
+from irstd_jax import optim
 from irstd_jax import recipes
 from irstd_jax import sharding
 from irstd_jax import steps
@@ -433,7 +434,7 @@ def load_workdir(workdir: str, checkpoint: str | int = 'best'
 
   def build():
     model = train.create_model(config)
-    return model, train.create_optimizer(model, config, optax.constant_schedule(0.0))
+    return model, optim.create_optimizer(model, config, optax.constant_schedule(0.0))
 
   # Abstract: a random initialisation would be overwritten anyway.
   model, optimizer = nnx.eval_shape(build)

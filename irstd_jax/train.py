@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import importlib
 import inspect
 import json
@@ -45,6 +44,7 @@ from irstd_jax import evaluation
 from irstd_jax import input_pipeline
 from irstd_jax import metric_writers
 from irstd_jax import models
+from irstd_jax import optim
 from irstd_jax import recipes
 from irstd_jax import sharding
 from irstd_jax import steps
@@ -53,7 +53,7 @@ from irstd_jax.evaluation import report
 
 
 # ---------------------------------------------------------------------------
-# Model, optimizer, steps.
+# Model.
 
 def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> nnx.Module:
   """Builds `config.model.name` with `config.model.options`, in train mode.
@@ -101,71 +101,6 @@ def model_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
       'options': _plain(config.model.get('options', {})),
       'num_channels': config.input.num_channels,
   }))
-
-
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
-  """The learning rate per step: the papers' drops, or cosine with warm-up.
-
-  'multistep' (the papers'): multiplied by `schedule.decay_factor` from the
-  first step of each epoch in `schedule.decay_epochs` (0-based epoch counts,
-  as PyTorch's MultiStepLR stepped once per epoch). 'cosine': linear warm-up
-  over `schedule.warmup_epochs` from 0, then cosine decay to
-  `schedule.end_fraction` of the peak at the last step (short CPU runs).
-  """
-  name = config.schedule.get('name', 'multistep')
-  peak = float(config.optimizer.learning_rate)
-  if name == 'cosine':
-    total = int(config.schedule.num_epochs) * steps_per_epoch
-    warmup = min(total - 1, int(round(config.schedule.warmup_epochs * steps_per_epoch)))
-    return _warmup_cosine(peak, warmup, total, float(config.schedule.end_fraction))
-  if name != 'multistep':
-    raise ValueError(
-        f"schedule.name must be 'multistep' or 'cosine', got {name!r}.")
-  scales: dict[int, float] = {}
-  for epoch in config.schedule.decay_epochs:
-    if 0 < epoch < config.schedule.num_epochs:
-      step = int(epoch) * steps_per_epoch
-      scales[step] = scales.get(step, 1.0) * config.schedule.decay_factor
-  return _piecewise_constant(peak, tuple(sorted(scales.items())))
-
-
-# Schedules and transformations are cached by value: the optimizer's graph
-# definition holds them, and equal graph definitions let a second run in the
-# same process (a resumed run, eval after train, tests) reuse the compiled step.
-@functools.lru_cache(maxsize=None)
-def _piecewise_constant(init_value: float, boundaries_and_scales: tuple) -> optax.Schedule:
-  return optax.piecewise_constant_schedule(init_value, dict(boundaries_and_scales))
-
-
-@functools.lru_cache(maxsize=None)
-def _warmup_cosine(peak: float, warmup_steps: int, total_steps: int,
-                   end_fraction: float) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(
-      0.0, peak, warmup_steps, total_steps, end_value=peak * end_fraction)
-
-
-@functools.lru_cache(maxsize=None)
-def _transformation(name: str, learning_rate_fn: optax.Schedule, b1: float, b2: float,
-                    eps: float, weight_decay: float, momentum: float
-                    ) -> optax.GradientTransformation:
-  if name == 'adam' and not weight_decay:
-    return optax.adam(learning_rate_fn, b1=b1, b2=b2, eps=eps)
-  if name in ('adam', 'adamw'):
-    return optax.adamw(learning_rate_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-  if name == 'sgd':
-    return optax.sgd(learning_rate_fn, momentum=momentum)
-  raise ValueError(f"optimizer.name must be 'adam', 'adamw' or 'sgd', got {name!r}.")
-
-
-def create_optimizer(model: nnx.Module, config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule) -> nnx.Optimizer:
-  """Adam (the papers' choice), AdamW or SGD over the model's parameters."""
-  opt = config.optimizer
-  tx = _transformation(opt.name, learning_rate_fn, float(opt.b1), float(opt.b2),
-                       float(opt.eps), float(opt.weight_decay),
-                       float(opt.get('momentum', 0.9)))
-  return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 # ---------------------------------------------------------------------------
@@ -325,7 +260,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
   steps_per_epoch = input_pipeline.steps_per_epoch(len(train_source), config.input.batch_size)
   num_epochs = int(config.schedule.num_epochs)
   total_steps = num_epochs * steps_per_epoch
-  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   description = model_description(config)
   stacked = len(workdirs) > 1
 
@@ -333,7 +268,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
   for seed, workdir in workdirs.items():
     seed_config = _with_seed(config, seed)
     model = create_model(seed_config)
-    optimizer = create_optimizer(model, config, learning_rate_fn)
+    optimizer = optim.create_optimizer(model, config, learning_rate_fn)
     if not states:
       train_step, first_state = steps.make_train_step(model, optimizer, config, mesh,
                                                       stacked=stacked)
@@ -624,7 +559,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_lib.resolve(config, statistics)
   model = create_model(config)
   state = steps.create_state(
-      model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
+      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
   checkpoints = checkpointing.Checkpoints(directory, keep=config.checkpoint.keep,
                                           best_metric=config.eval.best_metric)
   try:
@@ -713,7 +648,7 @@ def save_model(model: nnx.Module, config: ml_collections.ConfigDict, workdir: st
   finally:
     train_iter.close()
   state = steps.create_state(
-      model, create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
+      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
   meta = {'step': 0, 'epoch': 0, 'input_state': input_state, 'best': None,
           'last_eval': None, 'model': model_description(config),
           'input': _input_description(config), 'epoch_losses': [],

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from irstd_jax import config_lib
+from irstd_jax import optim
 from irstd_jax.datasets import catalog
 from irstd_jax import train
 
@@ -31,7 +32,7 @@ def test_set_epochs_keeps_decays_at_the_same_fractions():
 
 def test_learning_rate_drops_at_epoch_boundaries():
   c = config_lib.load_config(str(CONFIGS / 'ganet.py'))
-  lr = train.create_learning_rate_fn(c, steps_per_epoch=10)
+  lr = optim.create_learning_rate_fn(c, steps_per_epoch=10)
   assert float(lr(0)) == pytest.approx(5e-4)
   assert float(lr(1999)) == pytest.approx(5e-4)    # Last step of epoch 200.
   assert float(lr(2000)) == pytest.approx(5e-5)    # First step of epoch 201.
@@ -140,7 +141,7 @@ def test_gglnet_pal_protocol_has_pal_values():
   assert (c.eval.resolution, c.eval.pad, c.eval.pad_multiple, c.eval.every_epochs,
           c.eval.best_metric, c.eval.threshold) == ('native', 'black', 32, 1, 'miou', 0.5)
   assert c.dataset.options.config == 'basicirstd'  # NUAA 213 / 214, as PAL's table.
-  lr = train.create_learning_rate_fn(c, steps_per_epoch=14)
+  lr = optim.create_learning_rate_fn(c, steps_per_epoch=14)
   assert float(lr(0)) == float(lr(14 * 400 - 1)) == pytest.approx(1e-3)  # Constant.
   # Normalised by the training images themselves: mean of per-image means / stds.
   images = [np.full((4, 6, 1), 10, np.uint8), np.arange(24, dtype=np.uint8).reshape(4, 6, 1)]

@@ -22,6 +22,7 @@ from irstd_jax import config_lib
 from irstd_jax import evaluation
 from irstd_jax import input_pipeline
 from irstd_jax import metrics
+from irstd_jax import optim
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax import train
@@ -111,7 +112,7 @@ def final_state(config, workdir, step=None):
   mesh = sharding.create_mesh()
   config = resolved(config)
   model = train.create_model(config)
-  optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
+  optimizer = optim.create_optimizer(model, config, optim.create_learning_rate_fn(config, 2))
   state = steps.create_state(model, optimizer, mesh)
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   pure, meta = checkpoints.restore(step or checkpoints.latest_step(), state)
@@ -277,8 +278,8 @@ def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, da
   config = resolved(tiny_config(config_file, data_dir))
   assert config.eval.max_shapes == 0  # The reference's protocol is the default.
   model = train.create_model(config)
-  model_state = steps.create_state(model, train.create_optimizer(
-      model, config, train.create_learning_rate_fn(config, 2)), mesh)['model']
+  model_state = steps.create_state(model, optim.create_optimizer(
+      model, config, optim.create_learning_rate_fn(config, 2)), mesh)['model']
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, model_state)
   nnx.update(model, state)
@@ -399,7 +400,7 @@ def test_one_and_four_devices_train_the_same_model(config_file, data_dir):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.create_mesh(devices)
     model = train.create_model(config)
-    optimizer = train.create_optimizer(model, config, train.create_learning_rate_fn(config, 2))
+    optimizer = optim.create_optimizer(model, config, optim.create_learning_rate_fn(config, 2))
     train_step, state = steps.make_train_step(model, optimizer, config, mesh)
     losses = []
     for batch in batches:
@@ -573,8 +574,8 @@ def test_a_split_of_parts_is_scored_per_part_and_over_all(config_file, data_dir)
   mesh = sharding.create_mesh()
   config = resolved(tiny_config(config_file, data_dir))
   model = train.create_model(config)
-  model_state = steps.create_state(model, train.create_optimizer(
-      model, config, train.create_learning_rate_fn(config, 2)), mesh)['model']
+  model_state = steps.create_state(model, optim.create_optimizer(
+      model, config, optim.create_learning_rate_fn(config, 2)), mesh)['model']
   evaluator = evaluation.Evaluator(config, source, mesh, model)
   result = evaluator.run(model_state, num_examples=len(source))
   assert list(result.parts) == list(parts)
