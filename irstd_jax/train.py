@@ -281,6 +281,12 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
                          best_metric=config.eval.best_metric)))
   num_params = count_params(model)
   evaluator = evaluation.Evaluator(config, eval_source, mesh, model)
+  final_evaluator = evaluator
+  if config.eval.get('final_max_shapes', config.eval.max_shapes) != config.eval.max_shapes:
+    final_config = copy.deepcopy(config)
+    with final_config.unlocked():
+      final_config.eval.max_shapes = config.eval.final_max_shapes
+    final_evaluator = evaluation.Evaluator(final_config, eval_source, mesh, model)
 
   latest = {run.checkpoints.latest_step() for run in runs}
   if len(latest) > 1:
@@ -405,9 +411,10 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
                 f'{steps_per_second:.2f} steps/s  ETA {_duration(remaining)}')
         scalars = None
         if evaluate:
-          result = evaluator.run(member(i)['model'], num_examples=max(
-              config.eval.num_images, _overlay_limit(config) if epoch == num_epochs else 0),
-                                 show_progress=is_chief)
+          last = epoch == num_epochs
+          result = (final_evaluator if last else evaluator).run(
+              member(i)['model'], show_progress=is_chief, num_examples=max(
+                  config.eval.num_images, _overlay_limit(config) if last else 0))
           if epoch == num_epochs:
             run.final_examples = result.examples  # For the overlays: no second pass.
             if is_chief:  # Every metric, curves included (sweep figures read the ROC).

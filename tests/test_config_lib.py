@@ -65,6 +65,18 @@ def test_gglnet_basicirstd_protocol():
     config_lib.load_config(str(CONFIGS / 'gglnet.py'), 'protocol=other')
 
 
+@pytest.mark.parametrize('name', ['ganet', 'gglnet'])
+def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(name):
+  c = config_lib.load_config(str(CONFIGS / f'{name}.py'), 'cpu')
+  assert c.dataset.options.config == 'basicirstd' and c.input.recipe == 'basicirstd'
+  assert (c.input.crop_size, c.input.batch_size, c.schedule.name, c.schedule.num_epochs) == (
+      128, 8, 'cosine', 60)
+  assert c.eval.resolution == 'native' and c.eval.max_shapes == 4
+  assert c.eval.final_max_shapes == 0  # The reported score: each image padded alone.
+  with pytest.raises(ValueError, match='cpu is a recipe of its own'):
+    config_lib.load_config(str(CONFIGS / f'{name}.py'), 'cpu,protocol=pal')
+
+
 def test_configs_are_not_an_importable_package():
   assert not (CONFIGS / '__init__.py').exists()
 

@@ -325,6 +325,30 @@ def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, da
                                    atol=1e-6, err_msg=example.id)
 
 
+def test_final_evaluation_can_pad_per_image_while_the_curve_uses_buckets(
+    config_file, data_dir, tmp_path, monkeypatch):
+  """`:cpu`'s split: buckets for the curve, the protocol's padding for the final score."""
+  config = tiny_config(config_file, data_dir)
+  config.eval.every_epochs = 2  # Epoch 2 (the curve) and epoch 3 (the final).
+  config.eval.max_shapes = 1
+  config.eval.final_max_shapes = 0
+  seen = []
+  real = input_pipeline.eval_batches
+  monkeypatch.setattr(input_pipeline, 'eval_batches',
+                      lambda *a, **k: seen.append(k['max_shapes']) or real(*a, **k))
+  workdir = str(tmp_path / 'run')
+  report = train.train_and_evaluate(config, workdir)
+  assert seen[0] == 1 and seen[-1] == 0 and set(seen) == {0, 1}
+  logged = json.loads(pathlib.Path(workdir, 'eval_test_final.json').read_text())['metrics']
+  assert report['final']['metrics']['miou'] == logged['miou']
+  # The run's own final score is what eval mode gives per image.
+  config.eval.max_shapes = 0
+  rescored = train.evaluate_checkpoint(config, workdir, checkpoint='latest')
+  for key in ('miou', 'niou', 'f1', 'pd', 'fa'):
+    np.testing.assert_allclose(logged[key], rescored[key], rtol=1e-6, err_msg=key)
+  assert resolved(tiny_config(config_file, data_dir)).eval.final_max_shapes == 0  # None: as max_shapes.
+
+
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
                                                         tmp_path, monkeypatch):
   config, workdir, _ = trained
