@@ -184,10 +184,17 @@ def test_quick_sweep_on_four_devices_survives_a_kill(tmp_path):
   workdir = tmp_path / 'sweep'
   process = _sweep_command(workdir)
   deadline = time.time() + 600
-  # Killed once a row has its first finished checkpoint (mid-training: 2 epochs;
-  # orbax writes into a temporary folder and renames it to the step when done).
+  # Killed once both seeds of a row have a finished checkpoint at the same step
+  # (mid-training: 2 epochs; orbax writes into a temporary folder and renames
+  # it to the step when done). Killed between the two seeds' saves, the seeds
+  # would resume one by one, at different steps, instead of stacked.
   def saved():
-    return [p for p in workdir.glob('*/seed_*/checkpoints/*') if p.name.isdigit()]
+    steps = {}
+    for p in workdir.glob('*/seed_*/checkpoints/*'):
+      if p.name.isdigit():
+        steps.setdefault(p.parents[2], {}).setdefault(p.parents[1].name, set()).add(p.name)
+    return [row for row, seeds in steps.items()
+            if len(seeds) == 2 and set.intersection(*seeds.values())]
 
   while not saved() and time.time() < deadline:
     if process.poll() is not None:
