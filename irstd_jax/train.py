@@ -415,7 +415,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
           result = (final_evaluator if last else evaluator).run(
               member(i)['model'], show_progress=is_chief, num_examples=max(
                   config.eval.num_images, _overlay_limit(config) if last else 0))
-          if epoch == num_epochs:
+          if last:
             run.final_examples = result.examples  # For the overlays: no second pass.
             if is_chief:  # Every metric, curves included (sweep figures read the ROC).
               _write_json(os.path.join(run.workdir, f'eval_{config.eval.split}_final.json'),
