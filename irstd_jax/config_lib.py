@@ -108,9 +108,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 'sample' averages the per-image ratio (GGL-Net code).
   c.loss = ml_collections.ConfigDict(dict(name='softiou', reduction='batch', smooth=1.0))
 
+  # ema_decay > 0 keeps an exponential moving average of the weights (batch-
+  # norm statistics included), which evaluation, checkpoints' scoring and
+  # inference then use; 0 (the papers') evaluates the trained weights.
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=5e-4, b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=0.0))
+      weight_decay=0.0, ema_decay=0.0))
   # 'multistep' (the papers'): the learning rate is multiplied by
   # `decay_factor` at each epoch in `decay_epochs` (PyTorch MultiStepLR).
   # 'cosine': linear warm-up over `warmup_epochs`, then cosine decay to

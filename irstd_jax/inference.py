@@ -439,10 +439,11 @@ def load_workdir(workdir: str, checkpoint: str | int = 'best'
   # Abstract: a random initialisation would be overwritten anyway.
   model, optimizer = nnx.eval_shape(build)
   replicated = sharding.replicated(sharding.create_mesh())
+  weights = nnx.to_pure_dict(nnx.state(model))
   like = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      {'model': nnx.to_pure_dict(nnx.state(model)),
-       'opt': nnx.to_pure_dict(nnx.state(optimizer))})
+      {'model': weights, 'opt': nnx.to_pure_dict(nnx.state(optimizer)),
+       **({'ema': weights} if steps.ema_decay(config) else {})})
   checkpoints = checkpointing.Checkpoints(directory, best_metric=config.eval.best_metric)
   try:
     step = checkpoints.resolve(checkpoint)
@@ -452,7 +453,7 @@ def load_workdir(workdir: str, checkpoint: str | int = 'best'
   finally:
     checkpoints.close()
   state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, restored['model'])
+  nnx.replace_by_pure_dict(state, steps.eval_weights(restored))
   nnx.update(model, state)
   model.eval()
   inp = meta.get('input') or {key: config.input[key] for key in ('mean', 'std', 'num_channels')}

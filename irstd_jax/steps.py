@@ -3,7 +3,8 @@
 They are module-level functions with the graph definitions as static
 arguments, jitted once per platform (`jitted`), so that runs of the same
 model in one process (a resumed run, eval after train, tests, notebooks)
-share one compilation. The training state is {'model': ..., 'opt': ...} of
+share one compilation. The training state is {'model': ..., 'opt': ...}
+(plus 'ema', the weights' moving average, with `optimizer.ema_decay`) of
 pure dicts of arrays (`nnx.to_pure_dict`), which is also what checkpoints
 store: jax flattens plain dicts in C++, while an `nnx.State` of Variables
 costs milliseconds of Python on every call. The state is
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -74,18 +76,52 @@ def jitted(fn: Callable[..., Any], platform: str, donate_argnums: tuple[int, ...
                  compiler_options=compiler_options(platform))
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """The config's weight-averaging decay (0: no average kept)."""
+  decay = float(config.optimizer.get('ema_decay', 0.0) or 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f'optimizer.ema_decay={decay} must be in [0, 1) (0: off; '
+                     'e.g. 0.99 averages over about the last 100 steps).')
+  return decay
+
+
+def update_ema(ema: Any, weights: Any, decay: float, count: jax.Array) -> Any:
+  """One step of the weights' moving average, after `count` optimizer steps.
+
+  The decay ramps up as min(decay, (1 + count) / (10 + count)) (TensorFlow's
+  ExponentialMovingAverage with num_updates), so that early evaluations do
+  not average in the random initialisation. Non-float leaves are copied.
+  """
+  count = count.astype(jnp.float32)
+  rate = jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+
+  def mix(average, value):
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+      return value
+    return (rate * average + (1.0 - rate) * value).astype(value.dtype)
+
+  return jax.tree.map(mix, ema, weights)
+
+
+def eval_weights(state: dict[str, Any]) -> Any:
+  """The weights to evaluate: the moving average where one is kept."""
+  return state['ema'] if 'ema' in state else state['model']
+
+
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
                graphdefs: tuple[Any, Any], loss_options: tuple[str, str, float],
-               mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+               mesh: jax.sharding.Mesh, ema: float = 0.0
+               ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
   Args:
-    state: {'model': pure dict, 'opt': pure dict}, replicated; donated, so
-      XLA updates it in place.
+    state: {'model': pure dict, 'opt': pure dict[, 'ema': pure dict]},
+      replicated; donated, so XLA updates it in place.
     batch: image (B, S, S, C) and mask (B, S, S, 1), sharded on 'data'.
     graphdefs: the model's (train mode) and the optimizer's graph definitions.
     loss_options: (name, reduction, smooth) of the loss (`loss_fn`).
     mesh: the device mesh.
+    ema: the moving average's decay; `state` holds 'ema' exactly when > 0.
 
   Returns:
     The new state and {'loss', 'grad_norm'}, all replicated.
@@ -97,6 +133,10 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   outputs = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   new_state = {'model': nnx.to_pure_dict(nnx.state(model)),
                'opt': nnx.to_pure_dict(nnx.state(optimizer))}
+  if ema:
+    # optimizer.step counts the updates made, this one included.
+    new_state['ema'] = update_ema(state['ema'], new_state['model'], ema,
+                                  optimizer.step[...] - 1)
   return replicate((new_state, outputs), mesh)
 
 
@@ -108,7 +148,7 @@ def make_train_step(model: nnx.Module, optimizer: nnx.Optimizer,
   Args:
     model: the model in train mode.
     optimizer: its optimizer.
-    config: the run's config (its loss).
+    config: the run's config (its loss and `optimizer.ema_decay`).
     mesh: the device mesh; state is replicated, batches sharded on 'data'.
     stacked: the step trains models stacked along a leading axis of the state
       and of the batch (seeds, `stack`), `jax.vmap` of the single step.
@@ -119,11 +159,12 @@ def make_train_step(model: nnx.Module, optimizer: nnx.Optimizer,
   """
   step = functools.partial(
       jitted(stacked_train_step if stacked else train_step, mesh.devices.flat[0].platform,
-             donate_argnums=(0,), static_argnames=('graphdefs', 'loss_options', 'mesh')),
+             donate_argnums=(0,),
+             static_argnames=('graphdefs', 'loss_options', 'mesh', 'ema')),
       graphdefs=(nnx.graphdef(model), nnx.graphdef(optimizer)),
       loss_options=(config.loss.get('name', 'softiou'), config.loss.reduction,
-                    float(config.loss.smooth)), mesh=mesh)
-  return step, create_state(model, optimizer, mesh)
+                    float(config.loss.smooth)), mesh=mesh, ema=ema_decay(config))
+  return step, create_state(model, optimizer, mesh, ema=bool(ema_decay(config)))
 
 
 def stacked_train_step(state: dict[str, Any], batch: dict[str, jax.Array], **kwargs
@@ -150,8 +191,13 @@ def stack_batches(batches: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def create_state(model: nnx.Module, optimizer: nnx.Optimizer,
-                 mesh: jax.sharding.Mesh) -> dict[str, Any]:
-  """The training state {'model', 'opt'} as pure dicts, replicated on `mesh`."""
-  return jax.device_put({'model': nnx.to_pure_dict(nnx.state(model)),
-                         'opt': nnx.to_pure_dict(nnx.state(optimizer))},
-                        sharding.replicated(mesh))
+                 mesh: jax.sharding.Mesh, *, ema: bool = False) -> dict[str, Any]:
+  """The training state {'model', 'opt'} as pure dicts, replicated on `mesh`.
+
+  With `ema`, also 'ema': the weights' moving average, starting at the model.
+  """
+  state = {'model': nnx.to_pure_dict(nnx.state(model)),
+           'opt': nnx.to_pure_dict(nnx.state(optimizer))}
+  if ema:
+    state['ema'] = jax.tree.map(jnp.copy, state['model'])
+  return jax.device_put(state, sharding.replicated(mesh))

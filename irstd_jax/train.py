@@ -274,7 +274,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
                                                       stacked=stacked)
       states.append(first_state)
     else:
-      states.append(steps.create_state(model, optimizer, mesh))
+      states.append(steps.create_state(model, optimizer, mesh,
+                                       ema=bool(steps.ema_decay(config))))
     runs.append(_Run(seed, workdir, create_train_iterator(seed_config, train_source),
                      checkpointing.Checkpoints(
                          os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
@@ -413,7 +414,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
         if evaluate:
           last = epoch == num_epochs
           result = (final_evaluator if last else evaluator).run(
-              member(i)['model'], show_progress=is_chief, num_examples=max(
+              steps.eval_weights(member(i)), show_progress=is_chief, num_examples=max(
                   config.eval.num_images, _overlay_limit(config) if last else 0))
           if last:
             run.final_examples = result.examples  # For the overlays: no second pass.
@@ -448,7 +449,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       if config.eval.num_overlays:
         limit = _overlay_limit(config)
         if run.final_examples is None:  # A finished run started again: predict once more.
-          run.final_examples = evaluator.predict(member(i)['model'], limit)
+          run.final_examples = evaluator.predict(steps.eval_weights(member(i)), limit)
         if is_chief:
           report.write_overlays(run.final_examples[:limit], os.path.join(
               run.workdir, 'predictions', f'final_{config.eval.split}'),
@@ -566,7 +567,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_lib.resolve(config, statistics)
   model = create_model(config)
   state = steps.create_state(
-      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
+      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh,
+      ema=bool(steps.ema_decay(config)))
   checkpoints = checkpointing.Checkpoints(directory, keep=config.checkpoint.keep,
                                           best_metric=config.eval.best_metric)
   try:
@@ -578,7 +580,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     started = time.perf_counter()
     with compilation.counting() as compiled:
       result = evaluation.Evaluator(config, source, mesh, model).run(
-          state['model'], num_examples=_overlay_limit(config),
+          steps.eval_weights(state), num_examples=_overlay_limit(config),
           show_progress=jax.process_index() == 0)
     seconds = time.perf_counter() - started
   finally:
@@ -654,8 +656,9 @@ def save_model(model: nnx.Module, config: ml_collections.ConfigDict, workdir: st
     input_state = train_iter.get_state()
   finally:
     train_iter.close()
-  state = steps.create_state(
-      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh)
+  state = steps.create_state(  # With ema_decay, the average starts at the model.
+      model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh,
+      ema=bool(steps.ema_decay(config)))
   meta = {'step': 0, 'epoch': 0, 'input_state': input_state, 'best': None,
           'last_eval': None, 'model': model_description(config),
           'input': _input_description(config), 'epoch_losses': [],

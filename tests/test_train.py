@@ -113,7 +113,7 @@ def final_state(config, workdir, step=None):
   config = resolved(config)
   model = train.create_model(config)
   optimizer = optim.create_optimizer(model, config, optim.create_learning_rate_fn(config, 2))
-  state = steps.create_state(model, optimizer, mesh)
+  state = steps.create_state(model, optimizer, mesh, ema=bool(steps.ema_decay(config)))
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   pure, meta = checkpoints.restore(step or checkpoints.latest_step(), state)
   checkpoints.close()
@@ -510,6 +510,81 @@ def test_save_model_makes_a_workdir_that_eval_predict_and_training_read(
   best_dir = str(tmp_path / 'best')
   train.save_model(model, config, best_dir, metrics={'miou': result['miou']})
   assert train.evaluate_checkpoint(config, best_dir, checkpoint='best')['step'] == 0
+
+
+def test_update_ema_ramps_its_decay_and_copies_counters():
+  ema = {'w': np.zeros(3, np.float32), 'count': np.array(1, np.int32)}
+  weights = {'w': np.ones(3, np.float32), 'count': np.array(5, np.int32)}
+  first = steps.update_ema(ema, weights, 0.9, jax.numpy.asarray(0))  # Rate 1/10.
+  np.testing.assert_allclose(first['w'], 0.9, rtol=1e-6)
+  assert int(first['count']) == 5 and first['w'].dtype == np.float32
+  late = steps.update_ema(ema, weights, 0.9, jax.numpy.asarray(1000))  # Rate 0.9.
+  np.testing.assert_allclose(late['w'], 0.1, rtol=1e-5)
+  with pytest.raises(ValueError, match='ema_decay'):
+    steps.ema_decay(_with_ema(1.0))
+
+
+def _with_ema(decay):
+  config = config_lib.base_config()
+  config.optimizer.ema_decay = decay
+  return config
+
+
+def test_weight_average_follows_each_step_and_is_what_a_run_scores_and_saves(
+    config_file, data_dir, tmp_path, monkeypatch):
+  """`optimizer.ema_decay`: the weights' moving average is evaluated, checkpointed,
+  resumed exactly, rescored by eval mode and loaded by predict."""
+  from irstd_jax import inference  # pylint: disable=g-import-not-at-top
+  config = tiny_config(config_file, data_dir)
+  config.optimizer.ema_decay = 0.5
+  # The step's average against one kept here from each step's weights.
+  run_config = resolved(config)
+  (source,) = train.load_sources(run_config, ('train',))
+  iterator = train.create_train_iterator(run_config, source)
+  batches = [next(iterator) for _ in range(3)]
+  iterator.close()
+  mesh = sharding.create_mesh()
+  model = train.create_model(run_config)
+  optimizer = optim.create_optimizer(model, run_config,
+                                     optim.create_learning_rate_fn(run_config, 2))
+  train_step, state = steps.make_train_step(model, optimizer, run_config, mesh)
+  expected = jax.tree.map(np.asarray, state['model'])
+  for count, batch in enumerate(batches):
+    state, _ = train_step(state, input_pipeline.shard_batch(batch, sharding.batch_sharded(mesh)))
+    rate = min(0.5, (1 + count) / (10 + count))
+    expected = jax.tree.map(lambda e, w, r=rate: r * e + (1 - r) * np.asarray(w),
+                            expected, state['model'])
+  def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  jax.tree.map(close, state['ema'], expected)
+
+  workdir = str(tmp_path / 'averaged')
+  train.train_and_evaluate(config, workdir)
+  pure, _ = final_state(config, workdir)
+  assert set(pure) == {'model', 'opt', 'ema'}
+  evaluator = evaluation.Evaluator(run_config, train.load_sources(run_config, ('test',))[0],
+                                   mesh, train.create_model(run_config))
+  probs = {key: np.concatenate([e.prob.ravel() for e in evaluator.predict(pure[key], 3)])
+           for key in ('model', 'ema')}
+  assert np.abs(probs['model'] - probs['ema']).max() > 1e-4  # The average is not the model.
+  logged = json.loads(pathlib.Path(workdir, 'eval_test_final.json').read_text())['metrics']
+  averaged = evaluator.run(pure['ema']).metrics
+  rescored = train.evaluate_checkpoint(config, workdir, checkpoint='latest')
+  for key in ('miou', 'niou', 'pd', 'fa'):
+    np.testing.assert_allclose(logged[key], averaged[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(rescored[key], averaged[key], rtol=1e-6, err_msg=key)
+  predictor = inference.Predictor.from_workdir(workdir, checkpoint='latest')
+  jax.tree.map(np.testing.assert_array_equal,
+               nnx.to_pure_dict(nnx.state(predictor.model)), pure['ema'])
+  # Killed mid-epoch 2 and resumed: the same average as the uninterrupted run.
+  resumed_dir = str(tmp_path / 'resumed')
+  with monkeypatch.context() as patch:
+    patch_iterator(patch, at_batch=4, fault='interrupt')
+    with pytest.raises(Interrupt):
+      train.train_and_evaluate(config, resumed_dir)
+  train.train_and_evaluate(config, resumed_dir)
+  got, _ = final_state(config, resumed_dir)
+  jax.tree.map(np.testing.assert_array_equal, got, pure)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
