@@ -153,7 +153,9 @@ def _restore(checkpoints, step, state, workdir):
   except ValueError as error:  # Shapes or structure differ.
     raise IncompatibleWorkdirError(
         f'Checkpoint {step} in {workdir} does not fit this config\'s model: '
-        f'{error}. Use a new --workdir, or the config that wrote this one.') from error
+        f'{error}. Use a new --workdir, or the config that wrote this one (its '
+        'model, options and optimizer.ema_decay: a moving average is kept or not).'
+    ) from error
   return restored, meta
 
 

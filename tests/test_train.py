@@ -585,6 +585,9 @@ def test_weight_average_follows_each_step_and_is_what_a_run_scores_and_saves(
   train.train_and_evaluate(config, resumed_dir)
   got, _ = final_state(config, resumed_dir)
   jax.tree.map(np.testing.assert_array_equal, got, pure)
+  config.optimizer.ema_decay = 0.0
+  with pytest.raises(train.IncompatibleWorkdirError, match='ema_decay'):
+    train.train_and_evaluate(config, resumed_dir)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
