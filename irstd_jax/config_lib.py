@@ -140,6 +140,11 @@ def base_config() -> ml_collections.ConfigDict:
       # max_shapes; `:cpu` draws its curve in buckets but scores the end per image.
       final_max_shapes=ml_collections.FieldReference(None, field_type=int),
       batch_size=8,
+      # Before each evaluation, re-estimate batch-norm statistics over this
+      # many training images prepared as the test's (-1: all; 0: off, the
+      # papers'): training crops' statistics flood whole test images
+      # (`irstd_jax.precise_bn`). The checkpoint saved there keeps them.
+      precise_bn_images=0,
       threshold=0.5,           # Probability threshold (strict >).
       pd_fa_relative=False,    # True: GaNet code's Pd/Fa on pred / max(pred).
       # Also the target-level variants (shooting rule, OPDC, hIoU and its error
@@ -268,6 +273,7 @@ def use_cpu_recipe(c: ml_collections.ConfigDict, num_epochs: int,
   # the last epoch is scored per image, the protocol, once.
   c.eval.max_shapes = 4
   c.eval.final_max_shapes = 0
+  c.eval.precise_bn_images = -1
   c.checkpoint.every_epochs = 5
 
 

@@ -45,6 +45,7 @@ from irstd_jax import input_pipeline
 from irstd_jax import metric_writers
 from irstd_jax import models
 from irstd_jax import optim
+from irstd_jax import precise_bn
 from irstd_jax import recipes
 from irstd_jax import sharding
 from irstd_jax import steps
@@ -290,6 +291,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
     with final_config.unlocked():
       final_config.eval.max_shapes = config.eval.final_max_shapes
     final_evaluator = evaluation.Evaluator(final_config, eval_source, mesh, model)
+  precise_images = int(config.eval.get('precise_bn_images', 0) or 0)
+  calibration = precise_images and precise_bn.calibration_graphdef(model)
 
   latest = {run.checkpoints.latest_step() for run in runs}
   if len(latest) > 1:
@@ -331,6 +334,18 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
 
   def member(i):
     return steps.unstack(state, i) if stacked else state
+
+  def recalibrated():
+    """Each run's evaluated weights with precise batch-norm statistics."""
+    members = []
+    for i in range(len(runs)):
+      member_state = dict(member(i))
+      key = 'ema' if 'ema' in member_state else 'model'  # What `steps.eval_weights` scores.
+      member_state[key] = precise_bn.recalibrate(
+          member_state[key], final_evaluator.batches(train_source), graphdef=calibration,
+          mesh=mesh, num_images=precise_images)
+      members.append(member_state)
+    return steps.stack(members, mesh) if stacked else members[0]
 
   def save(epoch, scalars_by_run=None):
     for i, run in enumerate(runs):
@@ -399,6 +414,10 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       remaining = (total_steps - step) / steps_per_second
       evaluate = config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs)
       scalars_by_run, lines = [], []
+      if evaluate and calibration:
+        progress.set_description_str('precise BN')
+        state = recalibrated()
+        progress.set_description_str('')
       for i, run in enumerate(runs):
         train_scalars = {
             'train/loss': float(np.mean(run.epoch_losses)),

@@ -23,6 +23,7 @@ from irstd_jax import evaluation
 from irstd_jax import input_pipeline
 from irstd_jax import metrics
 from irstd_jax import optim
+from irstd_jax import precise_bn
 from irstd_jax import sharding
 from irstd_jax import steps
 from irstd_jax import train
@@ -347,6 +348,42 @@ def test_final_evaluation_can_pad_per_image_while_the_curve_uses_buckets(
   for key in ('miou', 'niou', 'f1', 'pd', 'fa'):
     np.testing.assert_allclose(logged[key], rescored[key], rtol=1e-6, err_msg=key)
   assert resolved(tiny_config(config_file, data_dir)).eval.final_max_shapes == 0  # None: as max_shapes.
+
+
+def test_precise_bn_leaves_training_alone_and_saves_what_it_scored(
+    trained, config_file, data_dir, tmp_path):
+  """Same weights as without it; the checkpoint holds the scored statistics."""
+  config, workdir, _ = trained
+  precise = tiny_config(config_file, data_dir)
+  precise.eval.precise_bn_images = -1
+  precise_dir = str(tmp_path / 'precise')
+  report = train.train_and_evaluate(precise, precise_dir)
+  plain, _ = final_state(config, workdir)
+  calibrated, _ = final_state(precise, precise_dir)
+  plain_leaves = dict(jax.tree_util.tree_flatten_with_path(plain)[0])
+  changed = []
+  for path, value in jax.tree_util.tree_flatten_with_path(calibrated)[0]:
+    if np.array_equal(value, plain_leaves[path]):
+      continue
+    changed.append(path)
+    assert path[0].key == 'model' and path[-1].key in ('mean', 'var'), path
+  assert changed  # The statistics were replaced.
+  # Recalibrating the saved weights again gives the saved statistics.
+  resolved_config = resolved(precise)
+  model = train.create_model(resolved_config)
+  train_source, test_source = train.load_sources(resolved_config,
+                                                 config_lib.splits(resolved_config)[:2])
+  mesh = sharding.create_mesh()
+  again = precise_bn.recalibrate(
+      calibrated['model'], evaluation.Evaluator(resolved_config, test_source, mesh, model)
+      .batches(train_source), graphdef=precise_bn.calibration_graphdef(model), mesh=mesh)
+  for path, value in jax.tree_util.tree_flatten_with_path(again)[0]:
+    np.testing.assert_allclose(value, dict(jax.tree_util.tree_flatten_with_path(
+        calibrated['model'])[0])[path], rtol=1e-5, atol=1e-6, err_msg=str(path))
+  rescored = train.evaluate_checkpoint(precise, precise_dir, checkpoint='latest')
+  for key in ('miou', 'niou', 'pd', 'fa'):
+    np.testing.assert_allclose(report['final']['metrics'][key], rescored[key], rtol=1e-6,
+                               err_msg=key)
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,

@@ -280,6 +280,9 @@ class BatchNorm2d(nnx.BatchNorm):
                momentum: float = 0.1, *, rngs: nnx.Rngs):
     super().__init__(num_features, momentum=1.0 - momentum, epsilon=eps,
                      use_fast_variance=False, rngs=rngs)
+    # False: the running variance tracks the biased one (`irstd_jax.precise_bn`
+    # pools per-image statistics exactly).
+    self.unbiased_running_var = True
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     if use_running_average is None:
@@ -292,10 +295,11 @@ class BatchNorm2d(nnx.BatchNorm):
     y, mean, var = batch_norm_train(x.astype(jnp.promote_types(x.dtype, jnp.float32)),
                                     self.scale[...],
                                     self.bias[...], self.epsilon)
-    unbiased = var * (n / max(n - 1, 1))
+    if self.unbiased_running_var:
+      var = var * (n / max(n - 1, 1))
     m = self.momentum
     self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
-    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
     return y.astype(x.dtype)
 
 
