@@ -5,7 +5,7 @@ statistics, but the test feeds whole images at native size, padded. GaNet
 pools globally (GFEM), so its feature statistics on a whole image differ from
 those on a crop, and the running averages of the last few hundred batches
 are noisy on top: trained with the `:cpu` recipe (128 crops), the test
-flooded with false alarms (mIoU 34.39, Fa 600e-6 on SIRST-v1) where the same
+flooded with false alarms (mIoU 34.39, Fa 606e-6 on SIRST-v1) where the same
 weights with statistics re-estimated over the training images at native size
 scored 58.16 (Fa 103e-6; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
 "Rethinking 'Batch' in BatchNorm" (2021), call this train-test inconsistency
@@ -30,6 +30,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import auto as tqdm
 
 from irstd_jax import sharding
 
@@ -106,7 +107,8 @@ def _replace(weights: Any, new: Any) -> Any:
 
 
 def recalibrate(weights: Any, batches: Iterable[dict[str, Any]], *, graphdef: Any,
-                mesh: jax.sharding.Mesh, num_images: int = -1) -> Any:
+                mesh: jax.sharding.Mesh, num_images: int = -1,
+                show_progress: bool = False) -> Any:
   """`weights` (a model's pure dict) with precise batch-norm statistics.
 
   Args:
@@ -116,10 +118,11 @@ def recalibrate(weights: Any, batches: Iterable[dict[str, Any]], *, graphdef: An
     mesh: the statistics are computed with the weights and each image
       replicated on it (one image at a time: one compilation per image shape).
     num_images: the first N training images; -1: all.
+    show_progress: a progress bar over the images (on the console).
   """
   replicated = sharding.replicated(mesh)
 
-  def passes():
+  def passes(progress):
     seen = 0
     for batch in batches:
       for slot, image_id in enumerate(batch['id']):
@@ -131,6 +134,9 @@ def recalibrate(weights: Any, batches: Iterable[dict[str, Any]], *, graphdef: An
         yield (batch_statistics(weights, image, graphdef=graphdef),
                float(image.shape[1] * image.shape[2]))
         seen += 1
+        progress.update()
 
-  stats = population(passes())
+  with tqdm.tqdm(total=None if num_images < 0 else num_images, unit='image', leave=False,
+                 dynamic_ncols=True, desc='precise BN', disable=not show_progress) as progress:
+    stats = population(passes(progress))
   return jax.device_put(_replace(weights, stats), replicated)

@@ -343,7 +343,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       key = 'ema' if 'ema' in member_state else 'model'  # What `steps.eval_weights` scores.
       member_state[key] = precise_bn.recalibrate(
           member_state[key], final_evaluator.batches(train_source), graphdef=calibration,
-          mesh=mesh, num_images=precise_images)
+          mesh=mesh, num_images=precise_images, show_progress=is_chief)
       members.append(member_state)
     return steps.stack(members, mesh) if stacked else members[0]
 
@@ -415,9 +415,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       evaluate = config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs)
       scalars_by_run, lines = [], []
       if evaluate and calibration:
-        progress.set_description_str('precise BN')
         state = recalibrated()
-        progress.set_description_str('')
       for i, run in enumerate(runs):
         train_scalars = {
             'train/loss': float(np.mean(run.epoch_losses)),

@@ -73,6 +73,8 @@ def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(
       128, 8, 'cosine', 60)
   assert c.eval.resolution == 'native' and c.eval.max_shapes == 4
   assert c.eval.final_max_shapes == 0  # The reported score: each image padded alone.
+  assert c.eval.precise_bn_images == -1  # Crop statistics flood whole images otherwise.
+  assert config_lib.base_config().eval.precise_bn_images == 0  # The papers' recipes: off.
   with pytest.raises(ValueError, match='cpu is a recipe of its own'):
     config_lib.load_config(str(CONFIGS / f'{name}.py'), 'cpu,protocol=pal')
 
