@@ -12,13 +12,15 @@ scored 58.16 (Fa 103e-6; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
 and the remedy precise BN.
 
 `recalibrate(...)` runs the model in train mode over training images prepared
-exactly as the test images are (`Evaluator.batches`: resolution, padding),
-one image at a time, and replaces every batch norm's mean and variance with
+as the test images are (`training_batches`: resolution, padding), each
+padded alone and passed alone, and replaces every batch norm's mean and variance with
 the pixel-weighted population statistics of those passes. The weights are
 untouched. Train mode normalises with batch statistics, so training does not
 read what this replaces; the training loop applies it before each evaluation
 (`eval.precise_bn_images`), and the checkpoint saved there holds the new
-statistics, so eval mode, inference and a resumed run see what was scored.
+statistics (and says so in its metadata), so eval mode, inference and a
+resumed run see what was scored. Eval mode applies it to a checkpoint saved
+without it when the config asks.
 """
 
 from __future__ import annotations
@@ -32,7 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import auto as tqdm
 
+from irstd_jax import input_pipeline
 from irstd_jax import sharding
+
+
+def training_batches(config: Any, source: Any) -> Any:
+  """`source`'s images one by one, prepared as the test's, each padded alone."""
+  ev, inp = config.eval, config.input
+  return input_pipeline.eval_batches(
+      source, batch_size=1, resolution=ev.resolution, pad_multiple=ev.pad_multiple,
+      max_shapes=0, num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
+      pad_value=input_pipeline.pad_value_for(ev.get('pad', 'zero'), (inp.mean, inp.std)))
 
 
 def calibration_graphdef(model: nnx.Module) -> Any:
@@ -113,7 +125,8 @@ def recalibrate(weights: Any, batches: Iterable[dict[str, Any]], *, graphdef: An
 
   Args:
     weights: the model part of a training state (`steps.eval_weights`).
-    batches: `Evaluator.batches(train_source)` (entries with id '' are filler).
+    batches: `training_batches(config, train_source)` (entries with id '' are
+      skipped: filler).
     graphdef: `calibration_graphdef(model)`.
     mesh: the statistics are computed with the weights and each image
       replicated on it (one image at a time: one compilation per image shape).

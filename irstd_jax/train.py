@@ -342,7 +342,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       member_state = dict(member(i))
       key = 'ema' if 'ema' in member_state else 'model'  # What `steps.eval_weights` scores.
       member_state[key] = precise_bn.recalibrate(
-          member_state[key], final_evaluator.batches(train_source), graphdef=calibration,
+          member_state[key], precise_bn.training_batches(config, train_source),
+          graphdef=calibration,
           mesh=mesh, num_images=precise_images, show_progress=is_chief)
       members.append(member_state)
     return steps.stack(members, mesh) if stacked else members[0]
@@ -352,7 +353,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       meta = {'step': step, 'epoch': epoch, 'input_state': run.train_iter.get_state(),
               'best': run.best, 'last_eval': run.last_eval, 'model': description,
               'input': _input_description(config), 'epoch_losses': list(run.epoch_losses),
-              'steps_per_epoch': steps_per_epoch, 'seed': run.seed}
+              'steps_per_epoch': steps_per_epoch, 'seed': run.seed,
+              'precise_bn': calibrated_at == step}
       run.checkpoints.save(step, member(i), meta,
                            metrics=scalars_by_run[i] if scalars_by_run else None)
 
@@ -360,6 +362,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
                     else sharding.batch_sharded(mesh))
   save_every = 60 * float(config.checkpoint.get('every_minutes') or 0)
   last_save, compiled = time.monotonic(), False
+  calibrated_at = None  # The step whose statistics precise BN replaced.
   progress = _progress_bar(total_steps, step, is_chief)
   try:
     while step < total_steps:
@@ -416,6 +419,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       scalars_by_run, lines = [], []
       if evaluate and calibration:
         state = recalibrated()
+        calibrated_at = step
       for i, run in enumerate(runs):
         train_scalars = {
             'train/loss': float(np.mean(run.epoch_losses)),
@@ -596,10 +600,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     state, meta = _restore(checkpoints, step, state, workdir)
     _print(f'Evaluating checkpoint {checkpoint} (step {step}, epoch {meta["epoch"]}) of '
            f'{workdir} on {config.dataset.name}/{split} ({len(source)} images).')
+    weights = steps.eval_weights(state)
+    precise_images = int(config.eval.get('precise_bn_images', 0) or 0)
+    recalibrate = bool(precise_images) and not meta.get('precise_bn')
+    if recalibrate:  # Saved without precise BN: score it as a run with it would.
+      (train_source,) = load_sources(config, config_lib.splits(config)[:1])
+      _print('Re-estimating its batch-norm statistics over the training images '
+             '(eval.precise_bn_images; 0 scores the saved ones).')
+      weights = precise_bn.recalibrate(
+          weights, precise_bn.training_batches(config, train_source),
+          graphdef=precise_bn.calibration_graphdef(model), mesh=mesh,
+          num_images=precise_images, show_progress=jax.process_index() == 0)
     started = time.perf_counter()
     with compilation.counting() as compiled:
       result = evaluation.Evaluator(config, source, mesh, model).run(
-          steps.eval_weights(state), num_examples=_overlay_limit(config),
+          weights, num_examples=_overlay_limit(config),
           show_progress=jax.process_index() == 0)
     seconds = time.perf_counter() - started
   finally:
@@ -612,7 +627,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     _write_json(os.path.join(workdir, f'eval_{split}_{name}.json'),
                 {'step': step, 'epoch': meta['epoch'], 'split': split,
                  'checkpoint': str(checkpoint), 'seconds': round(seconds, 2),
-                 'compilation': compiled.as_dict(),
+                 'compilation': compiled.as_dict(), 'precise_bn_reestimated': recalibrate,
                  'eval': {k: config.eval.get(k) for k in ('resolution', 'pad_multiple', 'pad',
                                                           'max_shapes', 'batch_size')},
                  'metrics': metric_writers.to_json(result.metrics), **_parts_json(result)})

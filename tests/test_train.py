@@ -8,6 +8,7 @@ per module: later runs find them in jax's cache (equal graph definitions).
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -380,10 +381,17 @@ def test_precise_bn_leaves_training_alone_and_saves_what_it_scored(
   for path, value in jax.tree_util.tree_flatten_with_path(again)[0]:
     np.testing.assert_allclose(value, dict(jax.tree_util.tree_flatten_with_path(
         calibrated['model'])[0])[path], rtol=1e-5, atol=1e-6, err_msg=str(path))
+  # Eval mode scores the saved statistics as they are, and re-estimates them
+  # for a checkpoint trained without precise BN: the same numbers.
   rescored = train.evaluate_checkpoint(precise, precise_dir, checkpoint='latest')
+  plain_copy = str(tmp_path / 'plain')  # Eval mode writes into the workdir.
+  shutil.copytree(workdir, plain_copy)
+  plain_rescored = train.evaluate_checkpoint(precise, plain_copy, checkpoint='latest')
   for key in ('miou', 'niou', 'pd', 'fa'):
     np.testing.assert_allclose(report['final']['metrics'][key], rescored[key], rtol=1e-6,
                                err_msg=key)
+    np.testing.assert_allclose(report['final']['metrics'][key], plain_rescored[key],
+                               rtol=1e-6, err_msg=key)
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
