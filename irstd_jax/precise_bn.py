@@ -7,7 +7,7 @@ those on a crop, and the running averages of the last few hundred batches
 are noisy on top: trained with the `:cpu` recipe (128 crops), the test
 flooded with false alarms (mIoU 34.39, Fa 606e-6 on SIRST-v1) where the same
 weights with statistics re-estimated over the training images at native size
-scored 58.16 (Fa 103e-6; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
+scored 58.17 (Fa 103e-6; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
 "Rethinking 'Batch' in BatchNorm" (2021), call this train-test inconsistency
 and the remedy precise BN.
 
