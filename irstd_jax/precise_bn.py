@@ -1,20 +1,19 @@
 """Precise batch norm: running statistics re-estimated at the test's image size.
 
 A model trained on small crops keeps batch-norm running averages of crop
-statistics, but the test feeds whole images at native size, padded. GaNet
-pools globally (GFEM), so its feature statistics on a whole image differ from
-those on a crop, and the running averages of the last few hundred batches
-are noisy on top: trained with the `:cpu` recipe (128 crops), the test
-flooded with false alarms (mIoU 34.39, Fa 606e-6 on SIRST-v1) where the same
+statistics, but the test feeds whole images at native size, padded, whose
+feature statistics differ. Trained with the `:cpu` recipe (128 crops), GaNet
+flooded the test with false alarms (mIoU 34.39, Fa 606e-6 on SIRST-v1) where the same
 weights with statistics re-estimated over the training images at native size
-scored 58.17 (Fa 103e-6; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
+scored 58.17 (Fa 103e-6), and statistics re-estimated over crops did not
+help (31.22; docs/reproducing.md#cpu-budget-runs). Wu & Johnson,
 "Rethinking 'Batch' in BatchNorm" (2021), call this train-test inconsistency
 and the remedy precise BN.
 
 `recalibrate(...)` runs the model in train mode over training images prepared
 as the test images are (`training_batches`: resolution, padding), each
-padded alone and passed alone, and replaces every batch norm's mean and variance with
-the pixel-weighted population statistics of those passes. The weights are
+padded alone and passed alone, and replaces every batch norm's mean and
+variance with the pixel-weighted population statistics of those passes. The weights are
 untouched. Train mode normalises with batch statistics, so training does not
 read what this replaces; the training loop applies it before each evaluation
 (`eval.precise_bn_images`), and the checkpoint saved there holds the new
