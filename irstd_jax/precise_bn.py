@@ -37,9 +37,16 @@ from irstd_jax import input_pipeline
 from irstd_jax import sharding
 
 
-def training_batches(config: Any, source: Any) -> Any:
-  """`source`'s images one by one, prepared as the test's, each padded alone."""
+def training_batches(config: Any, source: Any, num_images: int = -1) -> Any:
+  """`source`'s images one by one, prepared as the test's, each padded alone.
+
+  `num_images` N >= 0: N images spread evenly over the split (not its first
+  N), so that a subset keeps the split's mix of image sizes; -1: all.
+  """
   ev, inp = config.eval, config.input
+  if 0 <= num_images < len(source):
+    picked = np.unique(np.linspace(0, len(source) - 1, num_images).round().astype(int))
+    source = [source[int(i)] for i in picked]
   return input_pipeline.eval_batches(
       source, batch_size=1, resolution=ev.resolution, pad_multiple=ev.pad_multiple,
       max_shapes=0, num_channels=inp.num_channels, mean_std=(inp.mean, inp.std),
@@ -124,12 +131,12 @@ def recalibrate(weights: Any, batches: Iterable[dict[str, Any]], *, graphdef: An
 
   Args:
     weights: the model part of a training state (`steps.eval_weights`).
-    batches: `training_batches(config, train_source)` (entries with id '' are
-      skipped: filler).
+    batches: `training_batches(config, train_source, num_images)` (entries
+      with id '' are skipped: filler).
     graphdef: `calibration_graphdef(model)`.
     mesh: the statistics are computed with the weights and each image
       replicated on it (one image at a time: one compilation per image shape).
-    num_images: the first N training images; -1: all.
+    num_images: at most N images of `batches` (the first N); -1: all.
     show_progress: a progress bar over the images (on the console).
   """
   replicated = sharding.replicated(mesh)

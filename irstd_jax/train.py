@@ -291,8 +291,10 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
     with final_config.unlocked():
       final_config.eval.max_shapes = config.eval.final_max_shapes
     final_evaluator = evaluation.Evaluator(final_config, eval_source, mesh, model)
-  precise_images = int(config.eval.get('precise_bn_images', 0) or 0)
-  calibration = precise_images and precise_bn.calibration_graphdef(model)
+  precise_images = {False: int(config.eval.get('precise_bn_images', 0) or 0),
+                    True: int(config.eval.get('final_precise_bn_images', 0) or 0)}
+  calibration = (any(precise_images.values())
+                 and precise_bn.calibration_graphdef(model))
 
   latest = {run.checkpoints.latest_step() for run in runs}
   if len(latest) > 1:
@@ -335,16 +337,15 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
   def member(i):
     return steps.unstack(state, i) if stacked else state
 
-  def recalibrated():
+  def recalibrated(num_images):
     """Each run's evaluated weights with precise batch-norm statistics."""
     members = []
     for i in range(len(runs)):
       member_state = dict(member(i))
       key = 'ema' if 'ema' in member_state else 'model'  # What `steps.eval_weights` scores.
       member_state[key] = precise_bn.recalibrate(
-          member_state[key], precise_bn.training_batches(config, train_source),
-          graphdef=calibration,
-          mesh=mesh, num_images=precise_images, show_progress=is_chief)
+          member_state[key], precise_bn.training_batches(config, train_source, num_images),
+          graphdef=calibration, mesh=mesh, num_images=num_images, show_progress=is_chief)
       members.append(member_state)
     return steps.stack(members, mesh) if stacked else members[0]
 
@@ -417,8 +418,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
       remaining = (total_steps - step) / steps_per_second
       evaluate = config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs)
       scalars_by_run, lines = [], []
-      if evaluate and calibration:
-        state = recalibrated()
+      if evaluate and precise_images[epoch == num_epochs]:
+        state = recalibrated(precise_images[epoch == num_epochs])
         calibrated_at = step
       for i, run in enumerate(runs):
         train_scalars = {
@@ -601,14 +602,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     _print(f'Evaluating checkpoint {checkpoint} (step {step}, epoch {meta["epoch"]}) of '
            f'{workdir} on {config.dataset.name}/{split} ({len(source)} images).')
     weights = steps.eval_weights(state)
-    precise_images = int(config.eval.get('precise_bn_images', 0) or 0)
+    precise_images = int(config.eval.get('final_precise_bn_images', 0) or 0)
     recalibrate = bool(precise_images) and not meta.get('precise_bn')
     if recalibrate:  # Saved without precise BN: score it as a run with it would.
       (train_source,) = load_sources(config, config_lib.splits(config)[:1])
       _print('Re-estimating its batch-norm statistics over the training images '
-             '(eval.precise_bn_images; 0 scores the saved ones).')
+             '(eval.final_precise_bn_images; 0 scores the saved ones).')
       weights = precise_bn.recalibrate(
-          weights, precise_bn.training_batches(config, train_source),
+          weights, precise_bn.training_batches(config, train_source, precise_images),
           graphdef=precise_bn.calibration_graphdef(model), mesh=mesh,
           num_images=precise_images, show_progress=jax.process_index() == 0)
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from flax import nnx
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -66,3 +67,20 @@ def test_eval_mode_after_recalibrating_on_an_image_is_train_mode_on_it(tiny_mode
 def test_a_model_without_batch_norm_is_refused():
   with pytest.raises(ValueError, match='precise_bn_images=0'):
     precise_bn.calibration_graphdef(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+
+def test_a_subset_of_training_images_is_spread_over_the_split():
+  """Shape-grouped order would make the first N images all of one size."""
+  config = ml_collections.ConfigDict(dict(
+      eval=dict(resolution='native', pad_multiple=32, pad='zero'),
+      input=dict(num_channels=1, mean=100.0, std=30.0)))
+  source = [{'image': np.full((32 * (1 + i % 2), 32), i, np.uint8),
+             'mask': np.zeros((32 * (1 + i % 2), 32), np.uint8), 'id': f'img{i}'}
+            for i in range(9)]
+
+  def ids(num_images):
+    return sorted(i for b in precise_bn.training_batches(config, source, num_images)
+                  for i in b['id'] if i)
+
+  assert ids(3) == ['img0', 'img4', 'img8']
+  assert ids(-1) == ids(9) == sorted(f'img{i}' for i in range(9))

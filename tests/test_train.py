@@ -327,38 +327,37 @@ def test_native_evaluation_pads_each_image_alone_or_into_buckets(config_file, da
                                    atol=1e-6, err_msg=example.id)
 
 
-def test_final_evaluation_can_pad_per_image_while_the_curve_uses_buckets(
-    config_file, data_dir, tmp_path, monkeypatch):
-  """`:cpu`'s split: buckets for the curve, the protocol's padding for the final score."""
-  config = tiny_config(config_file, data_dir)
-  config.eval.every_epochs = 2  # Epoch 2 (the curve) and epoch 3 (the final).
-  config.eval.max_shapes = 1
-  config.eval.final_max_shapes = 0
-  seen = []
-  real = input_pipeline.eval_batches
-  monkeypatch.setattr(input_pipeline, 'eval_batches',
-                      lambda *a, **k: seen.append(k['max_shapes']) or real(*a, **k))
-  workdir = str(tmp_path / 'run')
-  report = train.train_and_evaluate(config, workdir)
-  assert seen[0] == 1 and seen[-1] == 0 and set(seen) == {0, 1}
-  logged = json.loads(pathlib.Path(workdir, 'eval_test_final.json').read_text())['metrics']
-  assert report['final']['metrics']['miou'] == logged['miou']
-  # The run's own final score is what eval mode gives per image.
-  config.eval.max_shapes = 0
-  rescored = train.evaluate_checkpoint(config, workdir, checkpoint='latest')
-  for key in ('miou', 'niou', 'f1', 'pd', 'fa'):
-    np.testing.assert_allclose(logged[key], rescored[key], rtol=1e-6, err_msg=key)
-  assert resolved(tiny_config(config_file, data_dir)).eval.final_max_shapes == 0  # None: as max_shapes.
-
-
-def test_precise_bn_leaves_training_alone_and_saves_what_it_scored(
-    trained, config_file, data_dir, tmp_path):
-  """Same weights as without it; the checkpoint holds the scored statistics."""
+def test_cpu_split_evaluation_and_precise_bn_leave_training_alone(
+    trained, config_file, data_dir, tmp_path, monkeypatch):
+  """`:cpu`'s evaluation: the curve in buckets with statistics from a subset, the end
+  per image with statistics from every training image; same weights as a plain run,
+  and the checkpoint holds the statistics it scored."""
   config, workdir, _ = trained
   precise = tiny_config(config_file, data_dir)
-  precise.eval.precise_bn_images = -1
+  precise.eval.every_epochs = 2  # Epoch 2 (the curve) and epoch 3 (the final).
+  precise.eval.max_shapes = 1
+  precise.eval.final_max_shapes = 0
+  precise.eval.precise_bn_images = 2
+  precise.eval.final_precise_bn_images = -1
+  scored_shapes, calibration_images = [], []
+  real = input_pipeline.eval_batches
+
+  def spy(source, **kwargs):
+    if kwargs['batch_size'] == 1:  # Precise BN's passes.
+      calibration_images.append(len(source))
+    else:
+      scored_shapes.append(kwargs['max_shapes'])
+    return real(source, **kwargs)
+
+  monkeypatch.setattr(input_pipeline, 'eval_batches', spy)
   precise_dir = str(tmp_path / 'precise')
   report = train.train_and_evaluate(precise, precise_dir)
+  monkeypatch.undo()
+  assert scored_shapes == [1, 0]
+  assert calibration_images == [2, 8]  # The tiny training split has 8 images.
+  logged = json.loads(pathlib.Path(precise_dir, 'eval_test_final.json').read_text())['metrics']
+  assert report['final']['metrics']['miou'] == logged['miou']
+
   plain, _ = final_state(config, workdir)
   calibrated, _ = final_state(precise, precise_dir)
   plain_leaves = dict(jax.tree_util.tree_flatten_with_path(plain)[0])
@@ -372,26 +371,26 @@ def test_precise_bn_leaves_training_alone_and_saves_what_it_scored(
   # Recalibrating the saved weights again gives the saved statistics.
   resolved_config = resolved(precise)
   model = train.create_model(resolved_config)
-  train_source, test_source = train.load_sources(resolved_config,
-                                                 config_lib.splits(resolved_config)[:2])
+  (train_source,) = train.load_sources(resolved_config, config_lib.splits(resolved_config)[:1])
   mesh = sharding.create_mesh()
   again = precise_bn.recalibrate(
-      calibrated['model'], evaluation.Evaluator(resolved_config, test_source, mesh, model)
-      .batches(train_source), graphdef=precise_bn.calibration_graphdef(model), mesh=mesh)
+      calibrated['model'], precise_bn.training_batches(resolved_config, train_source),
+      graphdef=precise_bn.calibration_graphdef(model), mesh=mesh)
   for path, value in jax.tree_util.tree_flatten_with_path(again)[0]:
     np.testing.assert_allclose(value, dict(jax.tree_util.tree_flatten_with_path(
         calibrated['model'])[0])[path], rtol=1e-5, atol=1e-6, err_msg=str(path))
-  # Eval mode scores the saved statistics as they are, and re-estimates them
-  # for a checkpoint trained without precise BN: the same numbers.
+  # Eval mode, per image, scores the saved statistics as they are, and
+  # re-estimates them for a checkpoint trained without precise BN: the same numbers.
+  precise.eval.max_shapes = 0
   rescored = train.evaluate_checkpoint(precise, precise_dir, checkpoint='latest')
   plain_copy = str(tmp_path / 'plain')  # Eval mode writes into the workdir.
   shutil.copytree(workdir, plain_copy)
   plain_rescored = train.evaluate_checkpoint(precise, plain_copy, checkpoint='latest')
-  for key in ('miou', 'niou', 'pd', 'fa'):
-    np.testing.assert_allclose(report['final']['metrics'][key], rescored[key], rtol=1e-6,
-                               err_msg=key)
-    np.testing.assert_allclose(report['final']['metrics'][key], plain_rescored[key],
-                               rtol=1e-6, err_msg=key)
+  for key in ('miou', 'niou', 'f1', 'pd', 'fa'):
+    np.testing.assert_allclose(logged[key], rescored[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(logged[key], plain_rescored[key], rtol=1e-6, err_msg=key)
+  defaults = resolved(tiny_config(config_file, data_dir)).eval  # None: as the curve's.
+  assert defaults.final_max_shapes == 0 and defaults.final_precise_bn_images == 0
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(trained, config_file, data_dir,
