@@ -145,8 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
       # papers'): training crops' statistics flood whole test images
       # (`irstd_jax.precise_bn`). The checkpoint saved there keeps them.
       precise_bn_images=0,
-      # The last epoch's (and eval mode's): None as precise_bn_images; `:cpu`
-      # draws its curve from a spread subset and scores the end with all.
+      # The last epoch's (and eval mode's): None as precise_bn_images, and 0
+      # there turns both off; `:cpu` draws its curve from a spread subset
+      # and scores the end with all.
       final_precise_bn_images=ml_collections.FieldReference(None, field_type=int),
       threshold=0.5,           # Probability threshold (strict >).
       pd_fa_relative=False,    # True: GaNet code's Pd/Fa on pred / max(pred).
@@ -371,7 +372,8 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
     (GaNet's `img_size`);
   - `eval.resolution`: 'train' replaced by the training size;
   - `eval.final_max_shapes`: `eval.max_shapes` when None;
-  - `eval.final_precise_bn_images`: `eval.precise_bn_images` when None.
+  - `eval.final_precise_bn_images`: `eval.precise_bn_images` when None or
+    when that is 0 (off everywhere).
 
   Args:
     config: a config from `configs/` (not modified).
@@ -410,7 +412,7 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
       c.eval.resolution = spec.eval_resolution
     if c.eval.get('final_max_shapes') is None:
       c.eval.final_max_shapes = c.eval.max_shapes
-    if c.eval.get('final_precise_bn_images') is None:
+    if c.eval.get('final_precise_bn_images') is None or not c.eval.get('precise_bn_images'):
       c.eval.final_precise_bn_images = c.eval.get('precise_bn_images', 0)
   return c
 

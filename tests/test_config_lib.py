@@ -76,6 +76,10 @@ def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(
   # Crop statistics flood whole images otherwise: the curve's from a subset,
   # the reported score's from every training image.
   assert c.eval.precise_bn_images == 64 and c.eval.final_precise_bn_images == -1
+  source = types.SimpleNamespace(name=c.dataset.name, mean_std=(100.0, 30.0))
+  with c.unlocked():
+    c.eval.precise_bn_images = 0  # Off: at the end too.
+  assert config_lib.resolve(c, source).eval.final_precise_bn_images == 0
   assert config_lib.base_config().eval.precise_bn_images == 0  # The papers' recipes: off.
   with pytest.raises(ValueError, match='cpu is a recipe of its own'):
     config_lib.load_config(str(CONFIGS / f'{name}.py'), 'cpu,protocol=pal')
