@@ -589,6 +589,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   if config.input.normalization == recipes.TRAIN_SPLIT and config.input.mean is None:
     (statistics,) = load_sources(config, config_lib.splits(config)[:1])  # As in training.
   config = config_lib.resolve(config, statistics)
+  with config.unlocked():  # Scored as the run's final evaluation is (`:cpu`: per image).
+    config.eval.max_shapes = config.eval.final_max_shapes
   model = create_model(config)
   state = steps.create_state(
       model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh,
@@ -607,7 +609,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     if recalibrate:  # Saved without precise BN: score it as a run with it would.
       (train_source,) = load_sources(config, config_lib.splits(config)[:1])
       _print('Re-estimating its batch-norm statistics over the training images '
-             '(eval.final_precise_bn_images; 0 scores the saved ones).')
+             '(eval.final_precise_bn_images; eval.precise_bn_images=0 scores the saved ones).')
       weights = precise_bn.recalibrate(
           weights, precise_bn.training_batches(config, train_source, precise_images),
           graphdef=precise_bn.calibration_graphdef(model), mesh=mesh,

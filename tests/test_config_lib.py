@@ -69,15 +69,16 @@ def test_gglnet_basicirstd_protocol():
 def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(name):
   c = config_lib.load_config(str(CONFIGS / f'{name}.py'), 'cpu')
   assert c.dataset.options.config == 'basicirstd' and c.input.recipe == 'basicirstd'
-  assert (c.input.crop_size, c.input.batch_size, c.schedule.name) == (128, 8, 'cosine')
-  assert c.eval.every_epochs * 5 == c.schedule.num_epochs  # A curve of 5 points.
+  assert (c.input.crop_size, c.input.batch_size, c.schedule.name, c.schedule.num_epochs) == (
+      128, 8, 'cosine', 60)
   assert c.eval.resolution == 'native' and c.eval.max_shapes == 4
   assert c.eval.final_max_shapes == 0  # The reported score: each image padded alone.
-  # Crop statistics flood whole images otherwise: the curve's from a subset,
-  # the reported score's from every training image.
-  assert c.eval.precise_bn_images == 64 and c.eval.final_precise_bn_images == -1
+  # Crop statistics flood whole images otherwise: every training image, also at the end.
   source = types.SimpleNamespace(name=c.dataset.name, mean_std=(100.0, 30.0))
+  assert c.eval.precise_bn_images == -1
+  assert config_lib.resolve(c, source).eval.final_precise_bn_images == -1
   with c.unlocked():
+    c.eval.final_precise_bn_images = -1  # As a curve from a subset would set it.
     c.eval.precise_bn_images = 0  # Off: at the end too.
   assert config_lib.resolve(c, source).eval.final_precise_bn_images == 0
   assert config_lib.base_config().eval.precise_bn_images == 0  # The papers' recipes: off.

@@ -352,7 +352,6 @@ def test_cpu_split_evaluation_and_precise_bn_leave_training_alone(
   monkeypatch.setattr(input_pipeline, 'eval_batches', spy)
   precise_dir = str(tmp_path / 'precise')
   report = train.train_and_evaluate(precise, precise_dir)
-  monkeypatch.undo()
   assert scored_shapes == [1, 0]
   assert calibration_images == [2, 8]  # The tiny training split has 8 images.
   logged = json.loads(pathlib.Path(precise_dir, 'eval_test_final.json').read_text())['metrics']
@@ -379,13 +378,16 @@ def test_cpu_split_evaluation_and_precise_bn_leave_training_alone(
   for path, value in jax.tree_util.tree_flatten_with_path(again)[0]:
     np.testing.assert_allclose(value, dict(jax.tree_util.tree_flatten_with_path(
         calibrated['model'])[0])[path], rtol=1e-5, atol=1e-6, err_msg=str(path))
-  # Eval mode, per image, scores the saved statistics as they are, and
-  # re-estimates them for a checkpoint trained without precise BN: the same numbers.
-  precise.eval.max_shapes = 0
+  # Eval mode scores as the final evaluation does (per image, all images'
+  # statistics): the saved statistics as they are, and re-estimated ones for a
+  # checkpoint trained without precise BN: the same numbers.
+  scored_shapes.clear()
+  calibration_images.clear()
   rescored = train.evaluate_checkpoint(precise, precise_dir, checkpoint='latest')
   plain_copy = str(tmp_path / 'plain')  # Eval mode writes into the workdir.
   shutil.copytree(workdir, plain_copy)
   plain_rescored = train.evaluate_checkpoint(precise, plain_copy, checkpoint='latest')
+  assert scored_shapes == [0, 0] and calibration_images == [8]
   for key in ('miou', 'niou', 'f1', 'pd', 'fa'):
     np.testing.assert_allclose(logged[key], rescored[key], rtol=1e-6, err_msg=key)
     np.testing.assert_allclose(logged[key], plain_rescored[key], rtol=1e-6, err_msg=key)
