@@ -12,7 +12,9 @@ each variant the metrics offer, and written as evaluation.json, with the ROC
 and Pd-Fa curves as curves.png when the predictions are probabilities.
 Predictions without a mask, masks without a prediction, sizes that differ
 and unreadable files are listed (and make the exit status 2); the rest is
-scored.
+scored. ground_truth_targets.csv lists every ground-truth target (place,
+area, the map's peak on it) and whether Pd found it: which targets a model
+misses.
 
 Reading a map: 16-bit values are v / 65535, 8-bit v / 255, float .npy as
 they are (probabilities in [0, 1]); a map whose values are only {0, 1} or
@@ -21,6 +23,7 @@ they are (probabilities in [0, 1]); a map whose values are only {0, 1} or
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -31,6 +34,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 import PIL.Image
+from scipy import ndimage
 
 from irstd_jax import cli
 from irstd_jax import inference
@@ -175,8 +179,9 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
 
   Returns:
     dict: 'images' (scored), 'kind' ('probabilities' or 'binary'),
-    'metrics' (variant -> `metrics.score` dict), and the lists
-    'missing_masks', 'missing_predictions', 'size_mismatches', 'unreadable'.
+    'metrics' (variant -> `metrics.score` dict), 'targets' (`target_rows`),
+    and the lists 'missing_masks', 'missing_predictions', 'size_mismatches',
+    'unreadable'.
   """
   names = sorted(set(predictions) & set(masks))
   out: dict[str, Any] = {
@@ -184,7 +189,7 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
       'missing_masks': sorted(set(predictions) - set(masks)),
       'missing_predictions': sorted(set(masks) - set(predictions)),
       'size_mismatches': [], 'unreadable': []}
-  preds, truths, binary = [], [], True
+  preds, truths, scored, binary = [], [], [], True
   for name in names:
     try:
       pred, is_binary = read_prediction(predictions[name])
@@ -198,6 +203,7 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
       continue
     preds.append(pred)
     truths.append(mask)
+    scored.append(name)
     binary &= is_binary
   out['images'] = len(preds)
   out['kind'] = 'binary' if binary else 'probabilities'
@@ -207,7 +213,47 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
                      '(--mask_suffix) and point --predictions and --masks at the right folders.')
   out['metrics'] = {label: metrics.score(preds, truths, threshold, **options)
                     for label, options in variants()}
+  out['targets'] = target_rows(scored, preds, truths, threshold)
   return out
+
+
+TARGET_FIELDS = ('image', 'target', 'row', 'col', 'area', 'peak', 'found', 'distance')
+_EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+
+def target_rows(names: Sequence[str], preds: Sequence[np.ndarray],
+                masks: Sequence[np.ndarray], threshold: float = 0.5,
+                match_distance: float = 3.0) -> list[dict[str, Any]]:
+  """One row per ground-truth target, and whether the default Pd found it.
+
+  The rule is BasicIRSTD's (`metrics`' default): 8-connected components of
+  the mask and of the map > threshold; each target, in label order, takes the
+  first unclaimed predicted component whose centroid is closer than
+  `match_distance` pixels. A row: image name, target number (label order),
+  centroid row / col, area in pixels, the map's peak on the target, found,
+  and the distance to the nearest predicted centroid (None without any).
+  """
+  rows = []
+  for name, pred, mask in zip(names, preds, masks):
+    targets, num_targets = ndimage.label(mask > 0, _EIGHT_CONNECTED)
+    blobs, num_blobs = ndimage.label(pred > threshold, _EIGHT_CONNECTED)
+    blob_centres = np.reshape(ndimage.center_of_mass(
+        np.ones_like(blobs), blobs, range(1, num_blobs + 1)), (-1, 2))
+    unclaimed = np.ones(num_blobs, bool)
+    labels = range(1, num_targets + 1)
+    centres = ndimage.center_of_mass(np.ones_like(targets), targets, labels)
+    areas = ndimage.sum_labels(np.ones_like(targets), targets, labels)
+    peaks = ndimage.maximum(pred, targets, labels)
+    for number, centre, area, peak in zip(labels, centres, areas, peaks):
+      distances = np.hypot(*(blob_centres - np.asarray(centre)).T)
+      claimable = np.flatnonzero(unclaimed & (distances < match_distance))
+      if claimable.size:
+        unclaimed[claimable[0]] = False
+      rows.append({'image': name, 'target': number, 'row': round(float(centre[0]), 2),
+                   'col': round(float(centre[1]), 2), 'area': int(area),
+                   'peak': round(float(peak), 6), 'found': bool(claimable.size),
+                   'distance': round(float(distances.min()), 2) if num_blobs else None})
+  return rows
 
 
 def _mismatch_summary(result: dict[str, Any]) -> str:
@@ -255,12 +301,20 @@ def mismatch_lines(result: dict[str, Any], limit: int = 20) -> list[str]:
 
 
 def write(result: dict[str, Any], output: str, title: str = '') -> list[str]:
-  """evaluation.json and, for probabilities, curves.png; returns the paths."""
+  """evaluation.json, ground_truth_targets.csv and, for probabilities, curves.png.
+
+  Returns the paths written.
+  """
   os.makedirs(output, exist_ok=True)
   path = os.path.join(output, 'evaluation.json')
   with open(path, 'w', encoding='utf-8') as f:
-    json.dump(metric_writers.to_json(result), f, indent=1)
-  written = [path]
+    json.dump(metric_writers.to_json({k: v for k, v in result.items() if k != 'targets'}),
+              f, indent=1)
+  written = [path, os.path.join(output, 'ground_truth_targets.csv')]
+  with open(written[-1], 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, fieldnames=TARGET_FIELDS)
+    writer.writeheader()
+    writer.writerows(result['targets'])
   if result['kind'] == 'probabilities':
     written.append(os.path.join(output, 'curves.png'))
     curves.save_curves(written[-1], result['metrics']['default'], title)
@@ -300,6 +354,9 @@ def main(argv):
         f"threshold {result['threshold']}:\n")
   print(table(result))
   print('\nmIoU, nIoU, F1, P, R, Pd in percent; Fa in false-alarm pixels per million.')
+  missed = [row for row in result['targets'] if not row['found']]
+  print(f"Missed {len(missed)} of {len(result['targets'])} targets (ground_truth_targets.csv: "
+        'each target, its area, the peak on it, the nearest predicted centroid).')
   print('Wrote ' + ', '.join(written) + '.')
   problems = mismatch_lines(result)
   if problems:
@@ -323,8 +380,9 @@ def define_flags() -> None:
   flags.DEFINE_string('mask_suffix', None, 'Text between the name and the extension of the '
                       'mask files (default: found automatically, e.g. _pixels0).')
   flags.DEFINE_float('threshold', 0.5, 'Probability threshold (strict >).')
-  flags.DEFINE_string('output', None, 'Folder for evaluation.json and curves.png (default: '
-                      'the predict output folder, else PREDICTIONS_evaluation).')
+  flags.DEFINE_string('output', None, 'Folder for evaluation.json, ground_truth_targets.csv '
+                      'and curves.png (default: the predict output folder, else '
+                      'PREDICTIONS_evaluation).')
   flags.mark_flag_as_required('predictions')
 
 

@@ -75,6 +75,7 @@ SLOW = (
     'test_train.py::test_a_split_of_parts_is_scored_per_part_and_over_all',
     'test_train.py::test_sirst3_run_logs_each_part_and_the_whole',
     'test_train.py::test_cpu_split_evaluation_and_precise_bn_leave_training_alone',
+    'test_evaluate.py::test_found_targets_add_up_to_the_metrics_pd_on_random_maps',
     'test_predict.py::test_command_lines_exit_status_and_messages',
     'test_benchmarks.py::test_conv_layers_step_inventories_the_train_step',
     'test_benchmarks.py::test_run_command_smoke',
