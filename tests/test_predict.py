@@ -8,6 +8,7 @@ forward pass compiles once per shape.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -328,3 +329,16 @@ def test_command_lines_exit_status_and_messages(run_dir, odd_inputs, tmp_path):
              f'--input={odd_inputs[0]}', f'--output={output}')
   assert done.returncode == 1 and done.stderr.count('\n') <= 3
   assert 'No such --torch_weights file' in done.stderr
+
+
+def test_a_workdir_predicts_with_its_final_evaluations_padding(run_dir, tmp_path):
+  """`:cpu` draws its curve in buckets but scores the end per image: predict as the end."""
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(run_dir[2], workdir)
+  config = json.loads((workdir / 'config.json').read_text())
+  config['eval'].update(max_shapes=3, final_max_shapes=0)
+  (workdir / 'config.json').write_text(json.dumps(config))
+  assert inference.Predictor.from_workdir(str(workdir), 'latest').max_shapes == 0
+  del config['eval']['final_max_shapes']  # A config.json written before the field.
+  (workdir / 'config.json').write_text(json.dumps(config))
+  assert inference.Predictor.from_workdir(str(workdir), 'latest').max_shapes == 3
