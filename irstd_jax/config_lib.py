@@ -209,6 +209,7 @@ def use_basicirstd_protocol(c: ml_collections.ConfigDict) -> None:
     c.dataset.options = dict(config='basicirstd')
   c.input.recipe = 'basicirstd'
   c.input.crop_size = 256
+  c.input.positive_crop_probability = 0.5  # Its `pos_prob`.
   c.input.image_size = None
   c.eval.resolution = 'native'
 

@@ -118,8 +118,8 @@ def _arrays(source) -> _Arrays:
   return cached
 
 
-def _train_transform(recipe: str, size: int, mean: float, std: float
-                     ) -> Callable:
+def _train_transform(recipe: str, size: int, mean: float, std: float,
+                     positive_probability: float) -> Callable:
   """(data, index, rng) -> one training example of `recipe`, from the cache."""
   if recipe == 'pal':
     def pal_crop(data: _Arrays, index: int, rng: np.random.Generator):
@@ -130,7 +130,8 @@ def _train_transform(recipe: str, size: int, mean: float, std: float
     def crop(data: _Arrays, index: int, rng: np.random.Generator):
       return recipes.basicirstd(data.images[index], data.masks[index], rng,
                                 crop=size, mean=mean, std=std,
-                                targets=data.target_pixels(index))
+                                targets=data.target_pixels(index),
+                                positive_probability=positive_probability)
     return crop
   augment = {'ganet': recipes.ganet, 'gglnet': recipes.gglnet}[recipe]
 
@@ -258,7 +259,8 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
                    size: int, num_channels: int, mean_std: Sequence[float],
                    process_index: int | None = None,
                    process_count: int | None = None,
-                   num_threads: int = 1, prefetch: int = 2) -> TrainIterator:
+                   num_threads: int = 1, prefetch: int = 2,
+                   positive_crop_probability: float = 0.5) -> TrainIterator:
   """This process's share of the training batches of `recipe`.
 
   Args:
@@ -273,6 +275,8 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
     process_index, process_count: default `jax.process_index()` / `_count()`.
     num_threads, prefetch: background threads and batches computed ahead
       (prefetch=0: computed on `next()`); the batches do not depend on them.
+    positive_crop_probability: basicirstd's chance of a crop around a target
+      pixel instead of a uniform one (its code's 0.5).
 
   Returns:
     A `TrainIterator` (infinite; `get_state` / `set_state`).
@@ -292,9 +296,13 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
   if size < 1 or num_channels < 1 or not mean_std[1] > 0:
     raise ValueError(f'size={size}, num_channels={num_channels} and the std of '
                      f'mean_std={tuple(mean_std)} must be positive.')
+  if not 0 <= positive_crop_probability <= 1:
+    raise ValueError(f'positive_crop_probability={positive_crop_probability} '
+                     'must lie in [0, 1] (0.5 is BasicIRSTD\'s).')
   data = _arrays(source)
   transform = _train_transform(recipe, int(size), float(mean_std[0]),
-                               float(mean_std[1]))
+                               float(mean_std[1]),
+                               float(positive_crop_probability))
   return TrainIterator(data, transform, recipe=recipe, size=size,
                        global_batch=batch_size,
                        process_index=process_index,

@@ -257,18 +257,21 @@ def resize(image: np.ndarray, mask: np.ndarray, size: int
 
 def basicirstd(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                *, crop: int, mean: float, std: float,
-               targets: tuple[np.ndarray, np.ndarray] | None = None
+               targets: tuple[np.ndarray, np.ndarray] | None = None,
+               positive_probability: float = 0.5
                ) -> tuple[np.ndarray, np.ndarray]:
   """BasicIRSTD's training example from a native (H, W) uint8 image.
 
   `targets`: `np.nonzero(mask)`, if the caller keeps it.
+  `positive_probability`: the chance that the crop is placed around a random
+  target pixel rather than uniformly (BasicIRSTD's `pos_prob`, 0.5).
   """
   height, width = image.shape
   # BasicIRSTD pads the normalised image with zeros (bottom / right) up to
   # the crop size; only the crop is computed here.
   padded_h, padded_w = max(height, crop), max(width, crop)
   rows, cols = np.nonzero(mask) if targets is None else targets
-  if rng.random() < 0.5 and len(rows):
+  if rng.random() < positive_probability and len(rows):
     k = rng.integers(len(rows))
     y, x = int(rows[k]), int(cols[k])
     top = rng.integers(max(0, y - crop + 1), min(y, padded_h - crop) + 1)

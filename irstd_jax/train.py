@@ -136,7 +136,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Ite
       source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
       size=config_lib.training_size(config), num_channels=inp.num_channels,
       mean_std=(inp.mean, inp.std),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      positive_crop_probability=inp.get('positive_crop_probability', 0.5))
 
 
 def _overlay_limit(config) -> int:

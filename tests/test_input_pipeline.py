@@ -149,6 +149,8 @@ def test_process_slices_make_the_global_batch(source):
       np.testing.assert_array_equal(joined, batch[key])
   with pytest.raises(ValueError, match='multiple of the process count'):
     _iterator(source, 'basicirstd', batch_size=5, process_count=2)
+  with pytest.raises(ValueError, match=r'positive_crop_probability=1.5 must lie'):
+    _iterator(source, 'basicirstd', batch_size=8, positive_crop_probability=1.5)
 
 
 def test_global_batch_sharded_on_data_axis(source):

@@ -168,6 +168,20 @@ def test_basicirstd_positive_crops_alignment_and_normalisation():
   assert 0.42 < with_target / 400 < 0.60, with_target / 400
 
 
+@pytest.mark.parametrize('probability, low, high', [(1.0, 1.0, 1.0),
+                                                    (0.0, 0.0, 0.06)])
+def test_basicirstd_positive_probability_sets_the_share_of_target_crops(
+    probability, low, high):
+  # 1: every crop holds the target; 0: uniform crops, a 64 crop of 512
+  # holds it 1.6% of the time (~6 of 400).
+  with_target = sum(
+      recipes.basicirstd(*_one_target_image(draw % 2),
+                         np.random.default_rng(draw), crop=64, mean=100.0,
+                         std=20.0, positive_probability=probability)[1].any()
+      for draw in range(400))
+  assert low <= with_target / 400 <= high, with_target / 400
+
+
 def test_basicirstd_pads_small_images_with_zeros():
   image = np.full((20, 30), 200, np.uint8)
   mask = np.zeros((20, 30), bool)
