@@ -415,6 +415,24 @@ def resolve(config: ml_collections.ConfigDict, dataset: Any) -> ml_collections.C
   return c
 
 
+def final_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `eval` is the final evaluation's.
+
+  The last epoch, eval mode and `predict --workdir` all score this way:
+  `eval.max_shapes` and `eval.precise_bn_images` replaced by their `final_`
+  fields (`:cpu`: the curve in 4 buckets with precise BN from a subset if
+  asked, the end per image with all training images). A config that predates
+  a `final_` field (an old `config.json`) keeps the curve's value.
+  """
+  final = copy.deepcopy(config)
+  with final.unlocked():
+    for field in ('max_shapes', 'precise_bn_images'):
+      value = config.eval.get('final_' + field)
+      if value is not None:
+        final.eval[field] = int(value)
+  return final
+
+
 def _normalization_name(recipe: str, dataset: str) -> str:
   """What `recipes.resolve` normalises by when the config names nothing."""
   if recipes.resizes(recipe):

@@ -458,9 +458,7 @@ def load_workdir(workdir: str, checkpoint: str | int = 'best'
   model.eval()
   inp = meta.get('input') or {key: config.input[key] for key in ('mean', 'std', 'num_channels')}
   # Padded as the run's final score was (`:cpu`: per image, its curve in buckets).
-  final_max_shapes = config.eval.get('final_max_shapes')
-  if final_max_shapes is None:
-    final_max_shapes = config.eval.max_shapes
+  final_max_shapes = config_lib.final_eval_config(config).eval.max_shapes
   settings = dict(
       mean=float(inp['mean']), std=float(inp['std']), num_channels=int(inp['num_channels']),
       threshold=float(config.eval.threshold), pad_multiple=int(config.eval.pad_multiple),

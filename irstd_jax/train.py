@@ -286,14 +286,12 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
                          best_metric=config.eval.best_metric)))
   num_params = count_params(model)
   evaluator = evaluation.Evaluator(config, eval_source, mesh, model)
+  final_config = config_lib.final_eval_config(config)
   final_evaluator = evaluator
-  if config.eval.get('final_max_shapes', config.eval.max_shapes) != config.eval.max_shapes:
-    final_config = copy.deepcopy(config)
-    with final_config.unlocked():
-      final_config.eval.max_shapes = config.eval.final_max_shapes
+  if final_config.eval.max_shapes != config.eval.max_shapes:
     final_evaluator = evaluation.Evaluator(final_config, eval_source, mesh, model)
-  precise_images = {False: int(config.eval.get('precise_bn_images', 0) or 0),
-                    True: int(config.eval.get('final_precise_bn_images', 0) or 0)}
+  precise_images = {False: config.eval.precise_bn_images,  # The curve's, the end's.
+                    True: final_config.eval.precise_bn_images}
   calibration = (any(precise_images.values())
                  and precise_bn.calibration_graphdef(model))
 
@@ -589,9 +587,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   statistics = source
   if config.input.normalization == recipes.TRAIN_SPLIT and config.input.mean is None:
     (statistics,) = load_sources(config, config_lib.splits(config)[:1])  # As in training.
-  config = config_lib.resolve(config, statistics)
-  with config.unlocked():  # Scored as the run's final evaluation is (`:cpu`: per image).
-    config.eval.max_shapes = config.eval.final_max_shapes
+  # Scored as the run's final evaluation is (`:cpu`: per image).
+  config = config_lib.final_eval_config(config_lib.resolve(config, statistics))
   model = create_model(config)
   state = steps.create_state(
       model, optim.create_optimizer(model, config, optax.constant_schedule(0.0)), mesh,
@@ -605,7 +602,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     _print(f'Evaluating checkpoint {checkpoint} (step {step}, epoch {meta["epoch"]}) of '
            f'{workdir} on {config.dataset.name}/{split} ({len(source)} images).')
     weights = steps.eval_weights(state)
-    precise_images = int(config.eval.get('final_precise_bn_images', 0) or 0)
+    precise_images = config.eval.precise_bn_images
     recalibrate = bool(precise_images) and not meta.get('precise_bn')
     if recalibrate:  # Saved without precise BN: score it as a run with it would.
       (train_source,) = load_sources(config, config_lib.splits(config)[:1])

@@ -76,7 +76,17 @@ def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(
   # Crop statistics flood whole images otherwise: every training image, also at the end.
   source = types.SimpleNamespace(name=c.dataset.name, mean_std=(100.0, 30.0))
   assert c.eval.precise_bn_images == -1
-  assert config_lib.resolve(c, source).eval.final_precise_bn_images == -1
+  resolved = config_lib.resolve(c, source)
+  assert resolved.eval.final_precise_bn_images == -1
+  # What the last epoch, eval mode and predict --workdir score with.
+  with resolved.unlocked():
+    resolved.eval.precise_bn_images = 64  # A curve from a subset.
+  final = config_lib.final_eval_config(resolved)
+  assert (final.eval.max_shapes, final.eval.precise_bn_images) == (0, -1)
+  assert (resolved.eval.max_shapes, resolved.eval.precise_bn_images) == (4, 64)  # Untouched.
+  with resolved.unlocked():  # A config.json from before the final_ fields.
+    del resolved.eval['final_max_shapes'], resolved.eval['final_precise_bn_images']
+  assert config_lib.final_eval_config(resolved).eval.max_shapes == 4
   with c.unlocked():
     c.eval.final_precise_bn_images = -1  # As a curve from a subset would set it.
     c.eval.precise_bn_images = 0  # Off: at the end too.
