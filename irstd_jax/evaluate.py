@@ -213,6 +213,7 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
                      '(--mask_suffix) and point --predictions and --masks at the right folders.')
   out['metrics'] = {label: metrics.score(preds, truths, threshold, **options)
                     for label, options in variants()}
+  out['roc_note'] = None if binary else roc_note(out['metrics']['default'], preds)
   out['targets'] = target_rows(scored, preds, truths, threshold)
   return out
 
@@ -254,6 +255,25 @@ def target_rows(names: Sequence[str], preds: Sequence[np.ndarray],
                    'peak': round(float(peak), 6), 'found': bool(claimable.size),
                    'distance': round(float(distances.min()), 2) if num_blobs else None})
   return rows
+
+
+def roc_note(scores: dict[str, Any], preds: Sequence[np.ndarray]) -> str | None:
+  """Why the AUC is partial, when the ROC stops short of (1, 1); else None.
+
+  The reference ROC marks a pixel positive when p > t, down to t = 0, so
+  pixels exactly 0 are never positive: maps with many of them (quantised
+  16-bit PNGs, thresholded or clipped maps) end the curve early and the AUC
+  measures only that part (a trained GaNet's 16-bit maps of SIRST-v1: the
+  curve ended at a false-positive rate of 0.0017, AUC 0.0012).
+  """
+  reach = float(np.max(scores['roc']['fpr']))
+  if reach >= 0.99:
+    return None
+  zeros = sum(int(np.count_nonzero(p == 0)) for p in preds) / sum(p.size for p in preds)
+  return (f'The ROC reaches a false-positive rate of only {reach:.4f}: {zeros:.1%} of the '
+          'map pixels are exactly 0, which no threshold marks positive (p > t), so the '
+          'AUC covers that part of the curve only. 16-bit PNG maps round probabilities '
+          'below 7.6e-6 to 0; float maps (predict --prob_format=npy) give the whole curve.')
 
 
 def _mismatch_summary(result: dict[str, Any]) -> str:
@@ -354,6 +374,8 @@ def main(argv):
         f"threshold {result['threshold']}:\n")
   print(table(result))
   print('\nmIoU, nIoU, F1, P, R, Pd in percent; Fa in false-alarm pixels per million.')
+  if result.get('roc_note'):
+    print(result['roc_note'])
   missed = [row for row in result['targets'] if not row['found']]
   print(f"Missed {len(missed)} of {len(result['targets'])} targets (ground_truth_targets.csv: "
         'each target, its area, the peak on it, the nearest predicted centroid).')

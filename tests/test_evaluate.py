@@ -85,3 +85,18 @@ def test_written_as_targets_csv(tmp_path):
   assert str(tmp_path / 'ground_truth_targets.csv') in written
   assert rows == [{'image': 'x', 'target': '1', 'row': '4.5', 'col': '4.5', 'area': '4',
                    'peak': '1.0', 'found': 'True', 'distance': '0.0'}]
+
+
+def test_a_roc_that_stops_short_is_flagged():
+  """Exact zeros are never positive (p > t): the AUC then covers part of the curve."""
+  rng = np.random.default_rng(0)
+  mask = np.zeros((32, 32), np.uint8)
+  _square(mask, 10, 10, 3, 3)
+  quantised = np.where(mask > 0, 0.9, 0.0).astype(np.float32)
+  quantised[0, :8] = 0.3  # A few non-zero background pixels.
+  scores = metrics.score([quantised], [mask], 0.5)
+  assert np.max(scores['roc']['fpr']) < 0.01
+  note = evaluate.roc_note(scores, [quantised])  # 1007 of 1024 pixels are 0.
+  assert note is not None and '98.3% of the map pixels are exactly 0' in note, note
+  smooth = rng.uniform(0.01, 0.4, (32, 32)).astype(np.float32)
+  assert evaluate.roc_note(metrics.score([smooth], [mask], 0.5), [smooth]) is None
