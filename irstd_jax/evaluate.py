@@ -219,41 +219,31 @@ def evaluate(predictions: dict[str, str], masks: dict[str, Callable[[], np.ndarr
 
 
 TARGET_FIELDS = ('image', 'target', 'row', 'col', 'area', 'peak', 'found', 'distance')
-_EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
 def target_rows(names: Sequence[str], preds: Sequence[np.ndarray],
-                masks: Sequence[np.ndarray], threshold: float = 0.5,
-                match_distance: float = 3.0) -> list[dict[str, Any]]:
+                masks: Sequence[np.ndarray], threshold: float = 0.5) -> list[dict[str, Any]]:
   """One row per ground-truth target, and whether the default Pd found it.
 
-  The rule is BasicIRSTD's (`metrics`' default): 8-connected components of
-  the mask and of the map > threshold; each target, in label order, takes the
-  first unclaimed predicted component whose centroid is closer than
-  `match_distance` pixels. A row: image name, target number (label order),
-  centroid row / col, area in pixels, the map's peak on the target, found,
-  and the distance to the nearest predicted centroid (None without any).
+  The verdicts are `metrics.explain`'s 'distance' rule, BasicIRSTD's (the
+  metrics' default): 8-connected components of the mask and of the map >
+  threshold, each target in label order taking the first unclaimed predicted
+  component whose centroid is within 3 pixels. A row: image name, target
+  number (label order), centroid row / col, area in pixels, the map's peak on
+  the target, found, and the distance to the nearest predicted centroid
+  (None without any).
   """
   rows = []
   for name, pred, mask in zip(names, preds, masks):
-    targets, num_targets = ndimage.label(mask > 0, _EIGHT_CONNECTED)
-    blobs, num_blobs = ndimage.label(pred > threshold, _EIGHT_CONNECTED)
-    blob_centres = np.reshape(ndimage.center_of_mass(
-        np.ones_like(blobs), blobs, range(1, num_blobs + 1)), (-1, 2))
-    unclaimed = np.ones(num_blobs, bool)
-    labels = range(1, num_targets + 1)
-    centres = ndimage.center_of_mass(np.ones_like(targets), targets, labels)
-    areas = ndimage.sum_labels(np.ones_like(targets), targets, labels)
-    peaks = ndimage.maximum(pred, targets, labels)
-    for number, centre, area, peak in zip(labels, centres, areas, peaks):
-      distances = np.hypot(*(blob_centres - np.asarray(centre)).T)
-      claimable = np.flatnonzero(unclaimed & (distances < match_distance))
-      if claimable.size:
-        unclaimed[claimable[0]] = False
-      rows.append({'image': name, 'target': number, 'row': round(float(centre[0]), 2),
+    found = metrics.explain(pred, mask, threshold)
+    labels = range(1, found.num_targets + 1)
+    areas = ndimage.sum_labels(np.ones_like(found.targets), found.targets, labels)
+    peaks = ndimage.maximum(pred, found.targets, labels)
+    for index, (centre, area, peak) in enumerate(zip(found.target_centroids, areas, peaks)):
+      distances = np.hypot(*(found.predicted_centroids - centre).T)
+      rows.append({'image': name, 'target': index + 1, 'row': round(float(centre[0]), 2),
                    'col': round(float(centre[1]), 2), 'area': int(area),
-                   'peak': round(float(peak), 6), 'found': bool(claimable.size),
-                   'distance': round(float(distances.min()), 2) if num_blobs else None})
+                   'peak': round(float(peak), 6),
+                   'found': bool(found.detected['distance'][index]),
+                   'distance': round(float(distances.min()), 2) if distances.size else None})
   return rows
 
 
