@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from irstd_jax import checkpointing
+from irstd_jax import config_lib
 from irstd_jax import models
 from irstd_jax import train
 from irstd_jax.sweeps import runner
@@ -226,3 +227,16 @@ def test_quick_sweep_on_four_devices_survives_a_kill(tmp_path):
   values = [records[(sweep.rows[0].name, s)]['final']['metrics']['miou'] * 100 for s in (0, 1)]
   assert entry['miou'] == pytest.approx((np.mean(values), np.std(values, ddof=1)))
   assert (workdir / 'table.md').exists() and (workdir / 'table.png').exists()
+
+
+def test_cpu_crops_sweep_trials_are_the_readme_cpu_run_per_share_and_seed():
+  sweep = spec.load(str(REPO / 'configs' / 'sweeps' / 'ganet_cpu_crops.py') + ':seeds=2')
+  assert sweep.seeds == (0, 1)
+  cpu = config_lib.load_config(str(REPO / 'configs' / 'ganet.py'), 'cpu')
+  for r, share in zip(sweep.rows, (0.5, 0.7, 0.8), strict=True):
+    expected = cpu.copy_and_resolve_references()
+    expected.input.positive_crop_probability = share
+    expected.eval.precise_bn_images = 64
+    expected.eval.final_precise_bn_images = -1
+    expected.seed = 1
+    assert spec.config_for(sweep, r, 1).to_dict() == expected.to_dict(), r.name
