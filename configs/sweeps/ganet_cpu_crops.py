@@ -10,12 +10,12 @@ epoch) with the curve's BN statistics from 64 images.
 Run (about an hour per trial on a 2-core CPU, 9 trials; minutes on a GPU):
   python -m irstd_jax.sweep --sweep=configs/sweeps/ganet_cpu_crops.py --workdir=workdirs/ganet_cpu_crops \
       --set=dataset.source_dir=PATH/TO/sirst
-Arguments after ':': seeds=N (0..N-1, default 3), rows=N, epochs=N.
+Arguments after ':': seeds=N (0..N-1, default 3), rows=N, epochs=N (`quick`
+is refused: `:cpu` is a recipe of its own).
 """
 
 import os
 
-from irstd_jax import config_lib
 from irstd_jax.sweeps import spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,13 +23,10 @@ SHARES = (0.5, 0.7, 0.8)  # 0.5 is BasicIRSTD's pos_prob and the recipe's defaul
 
 
 def get_sweep(arg=None):
-  a = config_lib.parse_arg(arg, seeds=3, rows=0, epochs=0)
-  base = config_lib.load_config(os.path.join(HERE, '..', 'ganet.py'),
-                                'cpu' + (f',epochs={a.epochs}' if a.epochs else ''))
-  base = spec.set_fields(base, {'eval.precise_bn_images': 64,
-                                'eval.final_precise_bn_images': -1}, 'The CPU runs\' setting')
   rows = [spec.row(f'{round(share * 100)} % of crops on a target',
                    input__positive_crop_probability=share) for share in SHARES]
-  return spec.Sweep('GaNet :cpu on SIRST-v1, share of crops around a target', base,
-                    rows[:a.rows] if a.rows else rows, tuple(range(a.seeds)),
-                    paper_note='No paper numbers: a CPU recipe of this toolbox.')
+  return spec.standard(
+      arg, config_file=os.path.join(HERE, '..', 'ganet.py'), variant='cpu',
+      title='GaNet :cpu on SIRST-v1, share of crops around a target', rows=rows,
+      fields={'eval.precise_bn_images': 64, 'eval.final_precise_bn_images': -1},
+      paper_note='No paper numbers: a CPU recipe of this toolbox.')

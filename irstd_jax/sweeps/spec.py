@@ -163,7 +163,7 @@ def load(path_and_arg: str) -> Sweep:
 def standard(arg: str | None, *, config_file: str, title: str, rows: list[Row],
              dataset: str = '', fields: dict[str, Any] | None = None,
              paper: dict[str, dict[str, float]] | None = None, paper_note: str = '',
-             seeds: int = 3) -> Sweep:
+             seeds: int = 3, variant: str = '') -> Sweep:
   """A sweep of `rows` over a config file, with the arguments every sweep file takes.
 
   Arguments (after ':' in --sweep, comma-separated): `quick` (the config's
@@ -180,10 +180,11 @@ def standard(arg: str | None, *, config_file: str, title: str, rows: list[Row],
     paper: the paper's numbers by row.
     paper_note: where they come from.
     seeds: the default number of seeds.
+    variant: the config's own argument every trial starts from (e.g. 'cpu').
   """
   from irstd_jax import config_lib  # pylint: disable=g-import-not-at-top
   a = config_lib.parse_arg(arg, quick=False, seeds=seeds, rows=0, epochs=0)
-  parts = ['quick' if a.quick else (f'dataset={dataset}' if dataset else '')]
+  parts = [variant, 'quick' if a.quick else (f'dataset={dataset}' if dataset else '')]
   parts.append(f'epochs={a.epochs}' if a.epochs else '')
   base = config_lib.load_config(config_file, ','.join(p for p in parts if p) or None)
   if not a.quick:
