@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
       # ganet / gglnet resize side; None: the recipe's default for the dataset.
       image_size=ml_collections.FieldReference(None, field_type=int),
       num_channels=1,
+      # The last `final_epochs` epochs crop (or resize) to `final_size`
+      # instead, at the same batch size; 0: off.
+      final_size=0, final_epochs=0,
       # None: the recipe's (/255 for ganet and gglnet, the dataset's mean/std
       # for basicirstd, the training split's for pal); or 'unit', 'sirst_v1',
       # ... (recipes.normalization), or 'train_split' (measured on it).

@@ -35,6 +35,7 @@ import collections
 import concurrent.futures
 import functools
 import math
+import sys
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
@@ -118,16 +119,16 @@ def _arrays(source) -> _Arrays:
   return cached
 
 
-def _train_transform(recipe: str, size: int, mean: float, std: float,
+def _train_transform(recipe: str, mean: float, std: float,
                      positive_probability: float) -> Callable:
-  """(data, index, rng) -> one training example of `recipe`, from the cache."""
+  """(data, index, rng, size) -> one training example of `recipe`, from the cache."""
   if recipe == 'pal':
-    def pal_crop(data: _Arrays, index: int, rng: np.random.Generator):
+    def pal_crop(data: _Arrays, index: int, rng: np.random.Generator, size: int):
       return recipes.pal(data.images[index], data.masks[index], rng, crop=size,
                          mean=mean, std=std)
     return pal_crop
   if not recipes.resizes(recipe):
-    def crop(data: _Arrays, index: int, rng: np.random.Generator):
+    def crop(data: _Arrays, index: int, rng: np.random.Generator, size: int):
       return recipes.basicirstd(data.images[index], data.masks[index], rng,
                                 crop=size, mean=mean, std=std,
                                 targets=data.target_pixels(index),
@@ -135,7 +136,7 @@ def _train_transform(recipe: str, size: int, mean: float, std: float,
     return crop
   augment = {'ganet': recipes.ganet, 'gglnet': recipes.gglnet}[recipe]
 
-  def resized(data: _Arrays, index: int, rng: np.random.Generator):
+  def resized(data: _Arrays, index: int, rng: np.random.Generator, size: int):
     image, mask = data.resized(index, size)
     return augment(image, mask, rng, mean=mean, std=std)
   return resized
@@ -156,7 +157,8 @@ class TrainIterator(Iterator[dict]):
   """Infinite, deterministic, resumable host-local training batches.
 
   `next()` gives dict(image float32 (b, S, S, C), mask float32 (b, S, S, 1))
-  with b = global batch // process count. `get_state()` is a JSON-able dict;
+  with b = global batch // process count; S is `size`, or `final_size` from
+  step `final_from_step` on. `get_state()` is a JSON-able dict;
   `set_state()` continues with exactly the batch that would have come next.
   """
 
@@ -164,11 +166,15 @@ class TrainIterator(Iterator[dict]):
                size: int, global_batch: int, process_index: int,
                process_count: int,
                seed: int, num_channels: int, num_threads: int,
-               prefetch: int):
+               prefetch: int, final_size: int | None = None,
+               final_from_step: int | None = None):
     self._data = data
     self._transform = transform
     self._recipe = recipe
     self._size = int(size)
+    self._final_size = int(final_size) if final_size else self._size
+    self._final_from_step = (int(final_from_step) if final_from_step is not None
+                             else sys.maxsize)
     self._global_batch = global_batch
     self._local_batch = global_batch // process_count
     self._offset = process_index * self._local_batch
@@ -190,7 +196,8 @@ class TrainIterator(Iterator[dict]):
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of global batch `step` (a pure function)."""
     start = step * self._global_batch + self._offset
-    shape = (self._local_batch, self._size, self._size, 1)
+    size = self.size_at(step)
+    shape = (self._local_batch, size, size, 1)
     image = np.empty(shape, np.float32)
     mask = np.empty(shape, np.float32)
     for slot, position in enumerate(range(start, start + self._local_batch)):
@@ -198,12 +205,16 @@ class TrainIterator(Iterator[dict]):
       index = int(self._permutation(epoch)[within])
       rng = np.random.default_rng(np.random.SeedSequence(
           self._seed, spawn_key=(1, position)))
-      one_image, one_mask = self._transform(self._data, index, rng)
+      one_image, one_mask = self._transform(self._data, index, rng, size)
       image[slot, :, :, 0] = one_image
       mask[slot, :, :, 0] = one_mask
     if self._num_channels > 1:  # Repeating once is ~5x faster than strided writes.
       image = np.repeat(image, self._num_channels, axis=-1)
     return {'image': image, 'mask': mask}
+
+  def size_at(self, step: int) -> int:
+    """The side of the training images of global batch `step`."""
+    return self._final_size if step >= self._final_from_step else self._size
 
   def __iter__(self):
     return self
@@ -260,7 +271,9 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
                    process_index: int | None = None,
                    process_count: int | None = None,
                    num_threads: int = 1, prefetch: int = 2,
-                   positive_crop_probability: float = 0.5) -> TrainIterator:
+                   positive_crop_probability: float = 0.5,
+                   final_size: int | None = None,
+                   final_from_step: int | None = None) -> TrainIterator:
   """This process's share of the training batches of `recipe`.
 
   Args:
@@ -277,6 +290,10 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
       (prefetch=0: computed on `next()`); the batches do not depend on them.
     positive_crop_probability: basicirstd's chance of a crop around a target
       pixel instead of a uniform one (its code's 0.5).
+    final_size, final_from_step: from global step `final_from_step` on, crop
+      (or resize) to `final_size` instead of `size`, at the same batch size:
+      small crops learn the targets fast, larger ones then show the model the
+      background context of whole images (None: `size` throughout).
 
   Returns:
     A `TrainIterator` (infinite; `get_state` / `set_state`).
@@ -299,11 +316,15 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
   if not 0 <= positive_crop_probability <= 1:
     raise ValueError(f'positive_crop_probability={positive_crop_probability} '
                      'must lie in [0, 1] (0.5 is BasicIRSTD\'s).')
+  if final_size is not None and (final_size < 1 or final_from_step is None
+                                 or final_from_step < 0):
+    raise ValueError(f'final_size={final_size} must be positive and come with '
+                     f'final_from_step >= 0 (got {final_from_step}).')
   data = _arrays(source)
-  transform = _train_transform(recipe, int(size), float(mean_std[0]),
-                               float(mean_std[1]),
+  transform = _train_transform(recipe, float(mean_std[0]), float(mean_std[1]),
                                float(positive_crop_probability))
   return TrainIterator(data, transform, recipe=recipe, size=size,
+                       final_size=final_size, final_from_step=final_from_step,
                        global_batch=batch_size,
                        process_index=process_index,
                        process_count=process_count, seed=seed,

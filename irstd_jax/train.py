@@ -132,12 +132,23 @@ class DatasetError(ValueError):
 def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Iterator[Any]:
   """This host's slice of the training batches (resumable: get/set_state)."""
   inp = config.input
+  final_size, final_epochs = inp.get('final_size', 0), inp.get('final_epochs', 0)
+  num_epochs = int(config.schedule.num_epochs)
+  if final_size and not 0 < final_epochs <= num_epochs:
+    raise ValueError(f'input.final_size={final_size} needs input.final_epochs in '
+                     f'[1, schedule.num_epochs={num_epochs}], got {final_epochs}. '
+                     'Fix: set --config.input.final_epochs, or final_size=0 (off).')
+  final_from_step = None
+  if final_size:
+    steps = input_pipeline.steps_per_epoch(len(source), inp.batch_size)
+    final_from_step = (num_epochs - final_epochs) * steps
   return input_pipeline.train_iterator(
       source, recipe=inp.recipe, batch_size=inp.batch_size, seed=config.seed,
       size=config_lib.training_size(config), num_channels=inp.num_channels,
       mean_std=(inp.mean, inp.std),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      positive_crop_probability=inp.get('positive_crop_probability', 0.5))
+      positive_crop_probability=inp.get('positive_crop_probability', 0.5),
+      final_size=final_size or None, final_from_step=final_from_step)
 
 
 def _overlay_limit(config) -> int:
@@ -527,6 +538,7 @@ def _input_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The resolved input, kept with each checkpoint for inference on new images."""
   inp = config.input
   return {'recipe': inp.recipe, 'image_size': inp.image_size, 'crop_size': inp.crop_size,
+          'final_size': inp.get('final_size', 0), 'final_epochs': inp.get('final_epochs', 0),
           'num_channels': inp.num_channels, 'normalization': inp.normalization,
           'mean': inp.mean, 'std': inp.std}
 

@@ -37,8 +37,9 @@ def _iterator(source, recipe, seed=0, **kwargs):
   kwargs.setdefault('process_count', 1)
   kwargs.setdefault('batch_size', 4)
   spec = _spec(source, recipe, **RECIPE_SIZES[recipe])
+  kwargs.setdefault('size', spec.train_size)
   return ip.train_iterator(source, recipe=recipe, seed=seed,
-                           size=spec.train_size, num_channels=spec.num_channels,
+                           num_channels=spec.num_channels,
                            mean_std=spec.mean_std, **kwargs)
 
 
@@ -75,6 +76,23 @@ def test_same_seed_same_batches_and_exact_resume(source, recipe):
   restored.set_state(state)
   _assert_same(expected, _take(restored, 2))
   restored.close()
+
+
+@pytest.mark.parametrize('recipe', ['basicirstd', 'ganet'])
+def test_final_size_takes_over_at_its_step_and_resumes_there(source, recipe):
+  """Before `final_from_step` the batches are the plain iterator's; from it
+  on, those of an iterator at `final_size` throughout (same order and rngs)."""
+  small, large = _take(_iterator(source, recipe), 5), _take(
+      _iterator(source, recipe, size=96), 5)
+  mixed = _iterator(source, recipe, final_size=96, final_from_step=3)
+  batches = _take(mixed, 5)
+  assert [b['image'].shape[1] for b in batches] == [64, 64, 64, 96, 96]
+  _assert_same(batches, small[:3] + large[3:])
+  resumed = _iterator(source, recipe, final_size=96, final_from_step=3)
+  resumed.set_state({**mixed.get_state(), 'step': 2})
+  _assert_same(_take(resumed, 2), small[2:3] + large[3:4])
+  with pytest.raises(ValueError, match='final_from_step >= 0'):
+    _iterator(source, recipe, final_size=96)
 
 
 def test_epochs_cover_every_example_once(source):

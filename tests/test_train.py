@@ -636,6 +636,22 @@ def test_weight_average_follows_each_step_and_is_what_a_run_scores_and_saves(
     train.train_and_evaluate(config, resumed_dir)
 
 
+def test_final_size_trains_only_the_last_epochs_on_larger_crops(trained, config_file,
+                                                                data_dir, tmp_path):
+  config, workdir, _ = trained
+  mixed = tiny_config(config_file, data_dir)
+  mixed.input.final_size, mixed.input.final_epochs = 48, 1
+  train.train_and_evaluate(mixed, str(tmp_path))
+  losses = [r['train/loss'] for r in read_jsonl(str(tmp_path)) if 'train/loss' in r]
+  plain = [r['train/loss'] for r in read_jsonl(workdir) if 'train/loss' in r]
+  assert losses[:2] == plain[:2] and losses[2] != plain[2]  # Epoch 3 only.
+  _, meta = final_state(config, str(tmp_path))
+  assert (meta['input']['final_size'], meta['input']['final_epochs']) == (48, 1)
+  mixed.input.final_epochs = 0
+  with pytest.raises(ValueError, match='input.final_epochs in'):
+    train.train_and_evaluate(mixed, str(tmp_path / 'refused'))
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path):
   config = config_lib.load_config(str(REPO / 'configs' / 'ganet.py'))
   config.dataset.source_dir = str(tmp_path / 'no_such_folder')
