@@ -264,7 +264,8 @@ def use_cpu_recipe(c: ml_collections.ConfigDict, num_epochs: int,
   BasicIRSTD's protocol (its split, native-resolution test, final epoch) with
   smaller crops and a larger batch than the papers', and a short cosine
   schedule with warm-up instead of their step drops; measured in the README
-  ("A real-data result on a CPU").
+  ("A real-data result on a CPU"). configs/ganet.py adds what was measured
+  for GaNet (crop share, length, the last epochs on larger crops).
   """
   use_basicirstd_protocol(c)
   c.input.crop_size = 128

@@ -5,9 +5,9 @@ placed around a target trades mIoU for Pd on SIRST-v1 (README, "A real-data
 result on a CPU"). One run per setting cannot: two seeds of the 70 % setting
 ended 7 Pd points apart (docs/reproducing.md, CPU-budget runs). Each trial is
 the README's `:cpu` run (BasicIRSTD's split, per-image native test, final
-epoch) with the curve's BN statistics from 64 images.
+epoch; 70 % is its own share).
 
-Run (about an hour per trial on a 2-core CPU, 9 trials; minutes on a GPU):
+Run (about 45 minutes per trial on a 2-core CPU, 9 trials; minutes on a GPU):
   python -m irstd_jax.sweep --sweep=configs/sweeps/ganet_cpu_crops.py --workdir=workdirs/ganet_cpu_crops \
       --set=dataset.source_dir=PATH/TO/sirst
 Arguments after ':': seeds=N (0..N-1, default 3), rows=N, epochs=N (`quick`
@@ -19,7 +19,7 @@ import os
 from irstd_jax.sweeps import spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARES = (0.5, 0.7, 0.8)  # 0.5 is BasicIRSTD's pos_prob and the recipe's default.
+SHARES = (0.5, 0.7, 0.8)  # 0.5 is BasicIRSTD's pos_prob, 0.7 the recipe's default.
 
 
 def get_sweep(arg=None):
