@@ -425,7 +425,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
           progress.unpause()
       steps_per_second = timed_steps / train_seconds if train_seconds else math.nan
       grad_norms = np.asarray(sharding.to_host(outputs['grad_norm']), np.float64).reshape(-1)
-      remaining = (total_steps - step) / steps_per_second
+      remaining = _remaining_seconds(runs[0].train_iter, step, total_steps, steps_per_second)
       evaluate = config_lib.is_epoch_due(epoch, config.eval.every_epochs, num_epochs)
       scalars_by_run, lines = [], []
       if evaluate and precise_images[epoch == num_epochs]:
@@ -753,6 +753,21 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
     else:
       flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
   return flat
+
+
+def _remaining_seconds(train_iter, step: int, total_steps: int,
+                       steps_per_second: float) -> float:
+  """Time left at this epoch's pace, scaled by pixels for steps on larger crops.
+
+  `input.final_size` makes the last epochs' steps cost about (final / size)^2
+  times more; an ETA from the current pace alone would read minutes short.
+  """
+  size_at = getattr(train_iter, 'size_at', None)
+  if size_at is None or step >= total_steps:
+    return (total_steps - step) / steps_per_second
+  current = size_at(step - 1)
+  work = sum((size_at(later) / current) ** 2 for later in range(step, total_steps))
+  return work / steps_per_second
 
 
 def _duration(seconds: float) -> str:

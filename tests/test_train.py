@@ -652,6 +652,16 @@ def test_final_size_trains_only_the_last_epochs_on_larger_crops(trained, config_
     train.train_and_evaluate(mixed, str(tmp_path / 'refused'))
 
 
+def test_eta_counts_the_larger_final_crops_by_their_pixels():
+  class Sizes:  # Steps 0-5 on 128-pixel crops, 6-9 on 256 (4x the pixels).
+    def size_at(self, step):
+      return 256 if step >= 6 else 128
+  assert train._remaining_seconds(Sizes(), 4, 10, 2.0) == pytest.approx((2 + 4 * 4) / 2)
+  assert train._remaining_seconds(Sizes(), 8, 10, 2.0) == pytest.approx(2 / 2)
+  assert train._remaining_seconds(object(), 4, 10, 2.0) == pytest.approx(6 / 2)
+  assert train._remaining_seconds(Sizes(), 10, 10, 2.0) == 0
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path):
   config = config_lib.load_config(str(REPO / 'configs' / 'ganet.py'))
   config.dataset.source_dir = str(tmp_path / 'no_such_folder')

@@ -28,5 +28,4 @@ def get_sweep(arg=None):
   return spec.standard(
       arg, config_file=os.path.join(HERE, '..', 'ganet.py'), variant='cpu',
       title='GaNet :cpu on SIRST-v1, share of crops around a target', rows=rows,
-      fields={'eval.precise_bn_images': 64, 'eval.final_precise_bn_images': -1},
       paper_note='No paper numbers: a CPU recipe of this toolbox.')
