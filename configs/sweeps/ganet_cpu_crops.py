@@ -7,7 +7,7 @@ ended 7 Pd points apart (docs/reproducing.md, CPU-budget runs). Each trial is
 the README's `:cpu` run (BasicIRSTD's split, per-image native test, final
 epoch; 70 % is its own share).
 
-Run (about 45 minutes per trial on a 2-core CPU, 9 trials; minutes on a GPU):
+Run (about 30 minutes per trial on a 2-core CPU, 9 trials; minutes on a GPU):
   python -m irstd_jax.sweep --sweep=configs/sweeps/ganet_cpu_crops.py --workdir=workdirs/ganet_cpu_crops \
       --set=dataset.source_dir=PATH/TO/sirst
 Arguments after ':': seeds=N (0..N-1, default 3), rows=N, epochs=N (`quick`
