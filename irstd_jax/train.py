@@ -374,7 +374,10 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
   save_every = 60 * float(config.checkpoint.get('every_minutes') or 0)
   last_save, compiled = time.monotonic(), False
   calibrated_at = None  # The step whose statistics precise BN replaced.
-  progress = _progress_bar(total_steps, step, is_chief)
+  size_at = getattr(runs[0].train_iter, 'size_at', None)
+  # tqdm's own time left assumes the current pace, minutes short before larger crops.
+  own_eta = size_at is not None and size_at(0) != size_at(total_steps - 1)
+  progress = _progress_bar(total_steps, step, is_chief, own_eta)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch + 1
@@ -408,8 +411,12 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str], *,
             run.epoch_losses.extend(values[:, i].tolist())
           progress.update(step - shown)
           shown = step
-          progress.set_postfix(loss=' '.join(f'{v:.4f}' for v in values[-1]), epoch=epoch,
-                               refresh=False)
+          postfix = {'loss': ' '.join(f'{v:.4f}' for v in values[-1]), 'epoch': epoch}
+          rate = progress.format_dict.get('rate') if own_eta else None
+          if rate:
+            postfix['ETA'] = _duration(
+                _remaining_seconds(runs[0].train_iter, step, total_steps, rate))
+          progress.set_postfix(postfix, refresh=False)
           pending, pending_first = [], step + 1
         if compiled:  # The first step's compilation is not training time.
           train_seconds += time.perf_counter() - started
@@ -783,9 +790,18 @@ def _print(text: str) -> None:
   logging.info(text)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def _progress_bar(total: int, initial: int, enabled: bool, own_eta: bool = False):
+  """The training bar; with `own_eta` it leaves out tqdm's time left.
+
+  tqdm extrapolates the current pace; when the last epochs train on larger
+  crops (`input.final_size`) that reads minutes short, so the loop puts
+  `_remaining_seconds`' ETA in the postfix instead.
+  """
+  bar_format = ('{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]'
+                if own_eta else None)
   return tqdm.tqdm(total=total, initial=initial, unit='step', disable=not enabled,
-                   dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
+                   dynamic_ncols=True, mininterval=1.0, smoothing=0.1,
+                   bar_format=bar_format)
 
 
 def _log_overview(model, num_params, mesh, num_train, steps_per_epoch, total_steps,

@@ -637,11 +637,12 @@ def test_weight_average_follows_each_step_and_is_what_a_run_scores_and_saves(
 
 
 def test_final_size_trains_only_the_last_epochs_on_larger_crops(trained, config_file,
-                                                                data_dir, tmp_path):
+                                                                data_dir, tmp_path, capfd):
   config, workdir, _ = trained
   mixed = tiny_config(config_file, data_dir)
   mixed.input.final_size, mixed.input.final_epochs = 48, 1
   train.train_and_evaluate(mixed, str(tmp_path))
+  assert 'ETA=' in capfd.readouterr().err  # The bar shows the pixel-weighted ETA.
   losses = [r['train/loss'] for r in read_jsonl(str(tmp_path)) if 'train/loss' in r]
   plain = [r['train/loss'] for r in read_jsonl(workdir) if 'train/loss' in r]
   assert losses[:2] == plain[:2] and losses[2] != plain[2]  # Epoch 3 only.
@@ -660,6 +661,17 @@ def test_eta_counts_the_larger_final_crops_by_their_pixels():
   assert train._remaining_seconds(Sizes(), 8, 10, 2.0) == pytest.approx(2 / 2)
   assert train._remaining_seconds(object(), 4, 10, 2.0) == pytest.approx(6 / 2)
   assert train._remaining_seconds(Sizes(), 10, 10, 2.0) == 0
+
+
+def test_bar_leaves_out_tqdms_time_left_when_it_shows_its_own():
+  plain, own = train._progress_bar(10, 0, True), train._progress_bar(10, 0, True, own_eta=True)
+  for bar in (plain, own):
+    bar.update(2)
+    bar.set_postfix({'epoch': 1, 'ETA': '0:00:05'}, refresh=False)
+  assert '<' in str(plain)  # tqdm's [elapsed<remaining, rate].
+  assert '<' not in str(own) and 'ETA=0:00:05' in str(own)
+  plain.close()
+  own.close()
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
