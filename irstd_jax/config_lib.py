@@ -90,8 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=ml_collections.FieldReference(None, field_type=int),
       num_channels=1,
       # The last `final_epochs` epochs crop (or resize) to `final_size`
-      # instead, at the same batch size; 0: off.
+      # instead, at the same batch size; 0: off. basicirstd's crops there
+      # fall around a target with `final_positive_crop_probability` (None:
+      # `positive_crop_probability`, as before them).
       final_size=0, final_epochs=0,
+      final_positive_crop_probability=ml_collections.FieldReference(None, field_type=float),
       # None: the recipe's (/255 for ganet and gglnet, the dataset's mean/std
       # for basicirstd, the training split's for pal); or 'unit', 'sirst_v1',
       # ... (recipes.normalization), or 'train_split' (measured on it).

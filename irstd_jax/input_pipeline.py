@@ -158,7 +158,8 @@ class TrainIterator(Iterator[dict]):
 
   `next()` gives dict(image float32 (b, S, S, C), mask float32 (b, S, S, 1))
   with b = global batch // process count; S is `size`, or `final_size` from
-  step `final_from_step` on. `get_state()` is a JSON-able dict;
+  step `final_from_step` on, where `final_transform` (if given) replaces
+  `transform`. `get_state()` is a JSON-able dict;
   `set_state()` continues with exactly the batch that would have come next.
   """
 
@@ -167,9 +168,11 @@ class TrainIterator(Iterator[dict]):
                process_count: int,
                seed: int, num_channels: int, num_threads: int,
                prefetch: int, final_size: int | None = None,
-               final_from_step: int | None = None):
+               final_from_step: int | None = None,
+               final_transform: Callable | None = None):
     self._data = data
     self._transform = transform
+    self._final_transform = final_transform or transform
     self._recipe = recipe
     self._size = int(size)
     self._final_size = int(final_size) if final_size else self._size
@@ -197,6 +200,8 @@ class TrainIterator(Iterator[dict]):
     """This process's slice of global batch `step` (a pure function)."""
     start = step * self._global_batch + self._offset
     size = self.size_at(step)
+    transform = (self._final_transform if step >= self._final_from_step
+                 else self._transform)
     shape = (self._local_batch, size, size, 1)
     image = np.empty(shape, np.float32)
     mask = np.empty(shape, np.float32)
@@ -205,7 +210,7 @@ class TrainIterator(Iterator[dict]):
       index = int(self._permutation(epoch)[within])
       rng = np.random.default_rng(np.random.SeedSequence(
           self._seed, spawn_key=(1, position)))
-      one_image, one_mask = self._transform(self._data, index, rng, size)
+      one_image, one_mask = transform(self._data, index, rng, size)
       image[slot, :, :, 0] = one_image
       mask[slot, :, :, 0] = one_mask
     if self._num_channels > 1:  # Repeating once is ~5x faster than strided writes.
@@ -273,7 +278,9 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
                    num_threads: int = 1, prefetch: int = 2,
                    positive_crop_probability: float = 0.5,
                    final_size: int | None = None,
-                   final_from_step: int | None = None) -> TrainIterator:
+                   final_from_step: int | None = None,
+                   final_positive_crop_probability: float | None = None
+                   ) -> TrainIterator:
   """This process's share of the training batches of `recipe`.
 
   Args:
@@ -294,6 +301,10 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
       (or resize) to `final_size` instead of `size`, at the same batch size:
       small crops learn the targets fast, larger ones then show the model the
       background context of whole images (None: `size` throughout).
+    final_positive_crop_probability: from `final_from_step` on, basicirstd's
+      chance of a crop around a target instead (None: the same throughout);
+      GaNet's `:cpu` keeps every larger crop on a target, so that the last
+      epochs clear false alarms without losing faint targets.
 
   Returns:
     A `TrainIterator` (infinite; `get_state` / `set_state`).
@@ -313,18 +324,27 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
   if size < 1 or num_channels < 1 or not mean_std[1] > 0:
     raise ValueError(f'size={size}, num_channels={num_channels} and the std of '
                      f'mean_std={tuple(mean_std)} must be positive.')
-  if not 0 <= positive_crop_probability <= 1:
-    raise ValueError(f'positive_crop_probability={positive_crop_probability} '
-                     'must lie in [0, 1] (0.5 is BasicIRSTD\'s).')
+  for name, value in (('positive_crop_probability', positive_crop_probability),
+                      ('final_positive_crop_probability', final_positive_crop_probability)):
+    if value is not None and not 0 <= value <= 1:
+      raise ValueError(f'{name}={value} must lie in [0, 1] (0.5 is BasicIRSTD\'s).')
   if final_size is not None and (final_size < 1 or final_from_step is None
                                  or final_from_step < 0):
     raise ValueError(f'final_size={final_size} must be positive and come with '
                      f'final_from_step >= 0 (got {final_from_step}).')
+  if final_positive_crop_probability is not None and (
+      final_from_step is None or final_from_step < 0):
+    raise ValueError(f'final_positive_crop_probability={final_positive_crop_probability} '
+                     f'must come with final_from_step >= 0 (got {final_from_step}).')
   data = _arrays(source)
-  transform = _train_transform(recipe, float(mean_std[0]), float(mean_std[1]),
-                               float(positive_crop_probability))
+  transform, final_transform = (
+      _train_transform(recipe, float(mean_std[0]), float(mean_std[1]), float(p))
+      for p in (positive_crop_probability,
+                positive_crop_probability if final_positive_crop_probability is None
+                else final_positive_crop_probability))
   return TrainIterator(data, transform, recipe=recipe, size=size,
                        final_size=final_size, final_from_step=final_from_step,
+                       final_transform=final_transform,
                        global_batch=batch_size,
                        process_index=process_index,
                        process_count=process_count, seed=seed,

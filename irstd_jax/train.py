@@ -133,13 +133,15 @@ def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Ite
   """This host's slice of the training batches (resumable: get/set_state)."""
   inp = config.input
   final_size, final_epochs = inp.get('final_size', 0), inp.get('final_epochs', 0)
+  final_share = inp.get('final_positive_crop_probability')
   num_epochs = int(config.schedule.num_epochs)
-  if final_size and not 0 < final_epochs <= num_epochs:
-    raise ValueError(f'input.final_size={final_size} needs input.final_epochs in '
-                     f'[1, schedule.num_epochs={num_epochs}], got {final_epochs}. '
-                     'Fix: set --config.input.final_epochs, or final_size=0 (off).')
+  if (final_size or final_share is not None) and not 0 < final_epochs <= num_epochs:
+    raise ValueError(f'input.final_size={final_size} and input.final_positive_crop_probability='
+                     f'{final_share} need input.final_epochs in [1, schedule.num_epochs='
+                     f'{num_epochs}], got {final_epochs}. Fix: set --config.input.final_epochs, '
+                     'or final_size=0 and final_positive_crop_probability=None (off).')
   final_from_step = None
-  if final_size:
+  if final_size or final_share is not None:
     steps = input_pipeline.steps_per_epoch(len(source), inp.batch_size)
     final_from_step = (num_epochs - final_epochs) * steps
   return input_pipeline.train_iterator(
@@ -148,7 +150,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, source: Any) -> Ite
       mean_std=(inp.mean, inp.std),
       process_index=jax.process_index(), process_count=jax.process_count(),
       positive_crop_probability=inp.get('positive_crop_probability', 0.5),
-      final_size=final_size or None, final_from_step=final_from_step)
+      final_size=final_size or None, final_from_step=final_from_step,
+      final_positive_crop_probability=final_share)
 
 
 def _overlay_limit(config) -> int:
@@ -546,6 +549,7 @@ def _input_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
   inp = config.input
   return {'recipe': inp.recipe, 'image_size': inp.image_size, 'crop_size': inp.crop_size,
           'final_size': inp.get('final_size', 0), 'final_epochs': inp.get('final_epochs', 0),
+          'final_positive_crop_probability': inp.get('final_positive_crop_probability'),
           'num_channels': inp.num_channels, 'normalization': inp.normalization,
           'mean': inp.mean, 'std': inp.std}
 

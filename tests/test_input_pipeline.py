@@ -95,6 +95,22 @@ def test_final_size_takes_over_at_its_step_and_resumes_there(source, recipe):
     _iterator(source, recipe, final_size=96)
 
 
+def test_final_crop_share_takes_over_at_its_step(source):
+  """From `final_from_step` on the crops are those of an iterator at the
+  final share throughout (same rngs), and at 1.0 each holds a target."""
+  half = _take(_iterator(source, 'basicirstd', positive_crop_probability=0.0), 6)
+  all_on = _take(_iterator(source, 'basicirstd', positive_crop_probability=1.0), 6)
+  mixed = _take(_iterator(source, 'basicirstd', positive_crop_probability=0.0,
+                          final_from_step=3, final_positive_crop_probability=1.0), 6)
+  _assert_same(mixed, half[:3] + all_on[3:])
+  assert not all(np.array_equal(a['image'], b['image']) for a, b in zip(half[3:], all_on[3:]))
+  assert all(b['mask'][i].any() for b in mixed[3:] for i in range(4))
+  with pytest.raises(ValueError, match='must come with final_from_step'):
+    _iterator(source, 'basicirstd', final_positive_crop_probability=1.0)
+  with pytest.raises(ValueError, match=r'final_positive_crop_probability=2.0 must lie'):
+    _iterator(source, 'basicirstd', final_from_step=3, final_positive_crop_probability=2.0)
+
+
 def test_epochs_cover_every_example_once(source):
   # Tag each example with a distinct constant image to follow it.
   tagged = [{'image': np.full((8, 8, 1), i, np.uint8),

@@ -641,13 +641,15 @@ def test_final_size_trains_only_the_last_epochs_on_larger_crops(trained, config_
   config, workdir, _ = trained
   mixed = tiny_config(config_file, data_dir)
   mixed.input.final_size, mixed.input.final_epochs = 48, 1
+  mixed.input.final_positive_crop_probability = 1.0
   train.train_and_evaluate(mixed, str(tmp_path))
   assert 'ETA=' in capfd.readouterr().err  # The bar shows the pixel-weighted ETA.
   losses = [r['train/loss'] for r in read_jsonl(str(tmp_path)) if 'train/loss' in r]
   plain = [r['train/loss'] for r in read_jsonl(workdir) if 'train/loss' in r]
   assert losses[:2] == plain[:2] and losses[2] != plain[2]  # Epoch 3 only.
   _, meta = final_state(config, str(tmp_path))
-  assert (meta['input']['final_size'], meta['input']['final_epochs']) == (48, 1)
+  assert (meta['input']['final_size'], meta['input']['final_epochs'],
+          meta['input']['final_positive_crop_probability']) == (48, 1, 1.0)
   mixed.input.final_epochs = 0
   with pytest.raises(ValueError, match='input.final_epochs in'):
     train.train_and_evaluate(mixed, str(tmp_path / 'refused'))
