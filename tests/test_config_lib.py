@@ -71,11 +71,12 @@ def test_cpu_recipe_is_basicirstds_protocol_shrunk_and_scores_the_end_per_image(
   assert c.dataset.options.config == 'basicirstd' and c.input.recipe == 'basicirstd'
   assert (c.input.crop_size, c.input.batch_size, c.schedule.name) == (128, 8, 'cosine')
   # GaNet's measured recipe: 40 epochs, 70 % of crops on a target, the last 5
-  # epochs on crops of 192, the curve's statistics from 64 images.
+  # epochs on crops of 192, all on a target, the curve's statistics from 64 images.
   ganet = name == 'ganet'
   assert (c.schedule.num_epochs, c.input.positive_crop_probability) == (
       (40, 0.7) if ganet else (60, 0.5))
-  assert (c.input.final_size, c.input.final_epochs) == ((192, 5) if ganet else (0, 0))
+  assert (c.input.final_size, c.input.final_epochs,
+          c.input.final_positive_crop_probability) == ((192, 5, 1.0) if ganet else (0, 0, None))
   assert c.eval.resolution == 'native' and c.eval.max_shapes == 4
   assert c.eval.final_max_shapes == 0  # The reported score: each image padded alone.
   # Crop statistics flood whole images otherwise: every training image, also at the end.
