@@ -1,5 +1,8 @@
 r"""GaNet's CPU recipe (configs/ganet.py:cpu) with 50 / 70 / 80 % of the crops around a target.
 
+The share applies to the epochs on crops of 128; the recipe's last 5 epochs
+(crops of 192) keep every crop on a target in each row.
+
 Not a paper table: the experiment that decides whether the share of crops
 placed around a target trades mIoU for Pd on SIRST-v1 (README, "A real-data
 result on a CPU"). One run per setting cannot: two seeds of the 70 % setting
