@@ -337,11 +337,10 @@ def train_iterator(source, *, recipe: str, batch_size: int, seed: int,
     raise ValueError(f'final_positive_crop_probability={final_positive_crop_probability} '
                      f'must come with final_from_step >= 0 (got {final_from_step}).')
   data = _arrays(source)
-  transform, final_transform = (
-      _train_transform(recipe, float(mean_std[0]), float(mean_std[1]), float(p))
-      for p in (positive_crop_probability,
-                positive_crop_probability if final_positive_crop_probability is None
-                else final_positive_crop_probability))
+  transform = _train_transform(recipe, float(mean_std[0]), float(mean_std[1]),
+                               float(positive_crop_probability))
+  final_transform = (None if final_positive_crop_probability is None else _train_transform(
+      recipe, float(mean_std[0]), float(mean_std[1]), float(final_positive_crop_probability)))
   return TrainIterator(data, transform, recipe=recipe, size=size,
                        final_size=final_size, final_from_step=final_from_step,
                        final_transform=final_transform,
